@@ -1,0 +1,68 @@
+"""Keep secrets out of logs and MLflow params.
+
+Two layers: keys whose name looks secret are masked wherever a config or dict is logged, and the
+values of well-known credential environment variables are masked in any log message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+MASK = "***"
+# Dotted-key fragments that mark a secret (matched case-insensitively against the last key part).
+SECRET_KEY_PATTERN = re.compile(
+    r"(secret|password|passwd|token|credential|access_key|private_key|api_key|session_key)", re.I
+)
+SECRET_ENV_VARS = (
+    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN", "HF_TOKEN",
+)
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(SECRET_KEY_PATTERN.search(str(key).rsplit(".", 1)[-1]))
+
+
+def redact(data: Any) -> Any:
+    """A copy of ``data`` with the values of secret-looking keys masked (recursively)."""
+    if isinstance(data, dict):
+        return {k: (MASK if is_secret_key(k) and v not in (None, "") else redact(v))
+                for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(redact(v) for v in data)
+    return data
+
+
+def redact_text(text: str) -> str:
+    """Mask the current values of known credential environment variables inside ``text``."""
+    for var in SECRET_ENV_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks credential values in every record it sees."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact_text(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Project-wide logging: one format, credentials masked on every handler."""
+    root = logging.getLogger()
+    if not any(isinstance(f, RedactingFilter) for h in root.handlers for f in h.filters):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                               datefmt="%H:%M:%S"))
+        handler.addFilter(RedactingFilter())
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,74 @@
+"""Local paths and ``s3://`` URIs behind one pyarrow filesystem interface.
+
+S3 uses the standard AWS credential chain (env vars, shared files, instance roles). A custom endpoint
+(a MinIO or moto server, an on-prem store) comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``,
+the variables boto3 itself honours, so boto3 and pyarrow always talk to the same server.
+Credentials are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path-within-it)`` for a local path or an ``s3://bucket/key`` URI."""
+    uri = str(uri)
+    if is_s3(uri):
+        region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+        return _s3_filesystem(s3_endpoint(), region), uri[len("s3://") :]
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or an S3 URI."""
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(base, *parts))
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem_for(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem_for(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` whole: locally via a temp file and rename, so readers never see a partial file."""
+    fs, path = filesystem_for(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)

@@ -1,0 +1,1 @@
+"""Curated-YT1B: FAISS cluster-based retrieval curation (paper appendix, Table 11)."""

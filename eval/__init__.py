@@ -1,0 +1,1 @@
+"""Evaluation: attentive probes, action anticipation, feature extraction."""

@@ -1,0 +1,56 @@
+"""Architecture configs for the V-JEPA 2 networks (plain dataclasses, no torch import).
+
+The numbers of the released models live in ``configs/model/<preset>.yaml``; these dataclasses give the
+schema and the ViT-L defaults (``../shared/reference/vjepa2.md`` sections 1.1 and 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EncoderConfig:
+    """Video ViT with a Conv3d tubelet embedding and 3D RoPE (vjepa2.md 1.1-1.4)."""
+
+    img_size: int = 256
+    num_frames: int = 16
+    patch_size: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    # vjepa2.md 1.4: released weights use the tiled RoPE frequency layout; True selects the
+    # corrected interleaved layout (V-JEPA 2.1 / HF ``use_rope_interleave``).
+    rope_interleave: bool = False
+
+    @property
+    def mlp_hidden(self) -> int:
+        # round, not int: ViT-g's ratio 48/11 is not exact in binary floating point (MLP must be 6144).
+        return round(self.embed_dim * self.mlp_ratio)
+
+
+@dataclass
+class PredictorConfig:
+    """Mask-token predictor (vjepa2.md 2)."""
+
+    embed_dim: int = 384
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    num_mask_tokens: int = 10
+    # vjepa2.md 1.4: Meta's predictor decodes token positions on a square img_size/patch grid even for
+    # non-square inputs; False uses the real input grid instead.
+    square_grid: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Encoder + predictor of one V-JEPA 2 model; ``preset`` names it (tiny, vitl, vith, vitg, vitg-384)."""
+
+    preset: str = "vitl"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)

@@ -1,0 +1,1 @@
+"""Planning: latent-space CEM over the V-JEPA 2-AC predictor, served by Ray actors."""
