@@ -129,7 +129,7 @@ def _convert(value: Any, tp: Any, key: str, origin_name: str) -> Any:
             if len(args) != len(value):
                 raise fail(f"expected {len(args)} items, got {len(value)}")
             return tuple(
-                _convert(v, a, f"{key}.{i}", origin_name) for i, (v, a) in enumerate(zip(args, value))
+                _convert(v, a, f"{key}.{i}", origin_name) for i, (v, a) in enumerate(zip(value, args))
             )
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{key}.{i}", origin_name) for i, v in enumerate(value)]
@@ -160,6 +160,20 @@ def _convert(value: Any, tp: Any, key: str, origin_name: str) -> Any:
     return value
 
 
+def _with_default_entries(fld: dataclasses.Field, value: Any) -> Any:
+    """A mapping given for a dict field with default entries updates those entries, not replaces them.
+
+    So ``data.sources: {ssv2: {manifest: x}}`` keeps ssv2's default weight and the other four sources.
+    """
+    if not isinstance(value, dict) or fld.default_factory is dataclasses.MISSING:
+        return value
+    default = fld.default_factory()
+    if not isinstance(default, dict):
+        return value
+    plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in default.items()}
+    return _deep_merge(plain, value)
+
+
 def _build(cls: type[T], data: dict[str, Any], prefix: str, origin_name: str) -> T:
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -171,7 +185,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, origin_name: str) ->
     kwargs = {}
     for name, value in data.items():
         dotted = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _convert(value, hints[name], dotted, origin_name)
+        kwargs[name] = _convert(_with_default_entries(fields[name], value), hints[name], dotted, origin_name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:

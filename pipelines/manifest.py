@@ -48,27 +48,32 @@ def _lines_msg(uri: str, bad: list[tuple[int, str]]) -> str:
     return f"{uri}: {len(bad)} unparseable row(s): {shown}{more}"
 
 
+def _parse_row(parts: list[str]) -> tuple[str, int] | None:
+    if len(parts) != 2:
+        return None
+    try:
+        return parts[0], int(parts[1])
+    except ValueError:
+        return None
+
+
 def parse_meta_csv(text: str, uri: str = "<csv>") -> pa.Table:
-    """Parse Meta's ``<path> <int label>`` list; fall back to ``::`` when a row has no space split."""
+    """Parse Meta's ``<path> <int label>`` list; a row that does not parse on spaces is tried on ``::``."""
     uris: list[str] = []
     labels: list[int] = []
     bad: list[tuple[int, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        parsed = _parse_row(line.split()) or ("::" in line and _parse_row(line.strip().split("::")))
+        if parsed:
+            uris.append(parsed[0])
+            labels.append(parsed[1])
+            continue
         parts = line.split()
-        if len(parts) != 2 and "::" in line:
-            parts = line.strip().split("::")
-        if len(parts) != 2:
-            bad.append((number, f"expected 2 columns '<path> <label>', got {len(parts)}"))
-            continue
-        try:
-            label = int(parts[1])
-        except ValueError:
-            bad.append((number, f"label {parts[1]!r} is not an integer"))
-            continue
-        uris.append(parts[0])
-        labels.append(label)
+        why = (f"label {parts[1]!r} is not an integer" if len(parts) == 2
+               else f"expected 2 columns '<path> <label>', got {len(parts)}")
+        bad.append((number, why))
     if bad:
         raise ManifestError(_lines_msg(uri, bad))
     n = len(uris)

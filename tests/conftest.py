@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/servers.py and friends
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -67,6 +68,16 @@ def sample_world(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite store), shared by the session; yields its URL."""
+    from servers import start_mlflow_server, stop
+
+    proc, url = start_mlflow_server(tmp_path_factory.mktemp("mlflow_server"))
+    yield url
+    stop(proc)
+
+
 @pytest.fixture
 def runs_root(tmp_path, monkeypatch) -> Path:
     """An isolated runs root (MLflow store, outputs) for one test."""
@@ -74,5 +85,3 @@ def runs_root(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("VJEPA2_RAY_RUNS", str(root))
     return root
 
-
-sys.path.insert(0, str(REPO_ROOT))
