@@ -43,8 +43,10 @@ def _run(module: ModuleType, args: argparse.Namespace) -> int:
 
 
 def module_main(module_name: str, argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m <module>``."""
+    """Entry point for ``python -m <module>`` (called with ``__name__``, i.e. ``"__main__"``)."""
     module = importlib.import_module(module_name)
+    if module_name == "__main__" and module.__spec__ is not None:
+        module_name = module.__spec__.name  # the dotted name `python -m` was given
     parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(parser)

@@ -32,6 +32,10 @@ class EncoderConfig:
         # round, not int: ViT-g's ratio 48/11 is not exact in binary floating point (MLP must be 6144).
         return round(self.embed_dim * self.mlp_ratio)
 
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
 
 @dataclass
 class PredictorConfig:
@@ -46,11 +50,47 @@ class PredictorConfig:
     # non-square inputs; False uses the real input grid instead.
     square_grid: bool = True
 
+    @property
+    def mlp_hidden(self) -> int:
+        return round(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+@dataclass
+class ACPredictorConfig:
+    """V-JEPA 2-AC action-conditioned predictor (vjepa2.md 6.1); its token grid is the encoder's img_size/patch."""
+
+    embed_dim: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    action_dim: int = 7
+    state_dim: int = 7
+    extrinsics_dim: int = 6
+    # vjepa2.md 6.1: the released model builds extrinsics_encoder but never feeds it (use_extrinsics: false).
+    use_extrinsics: bool = False
+
+    @property
+    def mlp_hidden(self) -> int:
+        return round(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
 
 @dataclass
 class ModelConfig:
-    """Encoder + predictor of one V-JEPA 2 model; ``preset`` names it (tiny, vitl, vith, vitg, vitg-384)."""
+    """Encoder + predictor of one V-JEPA 2 model; ``preset`` names it (tiny, vitl, vith, vitg, vitg-384).
+
+    ``ac_predictor`` set means a V-JEPA 2-AC model: the checkpoint's ``predictor`` is then the
+    action-conditioned predictor and ``predictor`` is unused.
+    """
 
     preset: str = "vitl"
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    ac_predictor: ACPredictorConfig | None = None

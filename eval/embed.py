@@ -1,0 +1,164 @@
+"""Extract V-JEPA 2 encoder features of a video, an image, or a preprocessed .npy clip.
+
+A video gets the standard eval preprocessing (short side to crop*256/224, center crop, ImageNet
+normalisation) on FRAMES frames sampled at FPS from START seconds (default: the middle of the video); an
+image (jpg/png/...) is repeated to a clip (vjepa2.md 5.4); a .npy is a float array [C, T, H, W] already
+preprocessed and fed as is. Output: float32 [N_tokens, D], or [D] with --pool mean. Examples:
+
+    vjepa2-ray embed --checkpoint vitl.pt --input clip.mp4 --out feats.npy
+    vjepa2-ray embed --checkpoint runs/tiny-init.pt --input clip.npy --out feats.npy --pool mean
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cluster import storage
+from cluster.cli import module_main
+from cluster.errors import UserError
+from models.checkpoint import load_encoder
+from models.config import ModelConfig
+from models.encoder import VisionTransformer
+from pipelines.decode import fetch, is_image, open_video, read_image
+from pipelines.quarantine import SampleError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_FPS = 4.0  # vjepa2.md 5.3: V-JEPA 2 samples clips at 4 fps
+
+
+class EmbedInputError(UserError):
+    """An input file embed cannot use; the message names the file and why."""
+
+
+def preprocess(frames: np.ndarray, crop_size: int) -> Tensor:
+    """uint8 ``[T, H, W, 3]`` -> float ``[3, T, crop, crop]``: short side to int(crop*256/224) (bilinear,
+    antialiased), center crop, ImageNet mean/std (Meta's hub preprocessor, vjepa2.md 8.2)."""
+    video = torch.from_numpy(np.array(frames, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0  # [T,3,H,W]
+    height, width = video.shape[-2:]
+    short = int(crop_size * 256 / 224)
+    scale = short / min(height, width)
+    size = (max(short, round(height * scale)), max(short, round(width * scale)))
+    video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top = int(round((size[0] - crop_size) / 2.0))
+    left = int(round((size[1] - crop_size) / 2.0))
+    video = video[..., top:top + crop_size, left:left + crop_size]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((video - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def clip_indices(video_frames: int, video_fps: float, frames: int, fps: float,
+                 start: float | None = None) -> np.ndarray:
+    """Frame ids of ``frames`` frames at ``fps`` from ``start`` seconds (None: centred in the video);
+    ids past the end repeat the last frame (Meta pads short videos the same way, vjepa2.md 5.3)."""
+    if video_frames <= 0 or video_fps <= 0:
+        raise ValueError(f"video reports {video_frames} frames at {video_fps} fps")
+    duration = video_frames / video_fps
+    if start is None:
+        start = max(0.0, (duration - frames / fps) / 2.0)
+    times = start + np.arange(frames) / fps
+    return np.clip(np.floor(times * video_fps).astype(np.int64), 0, video_frames - 1)
+
+
+@torch.no_grad()
+def embed_clip(encoder: VisionTransformer, clip: Tensor) -> np.ndarray:
+    """``[C, T, H, W]`` -> float32 ``[N_tokens, D]`` (encoder in eval mode, fp32)."""
+    encoder.eval()
+    return encoder(clip.unsqueeze(0).float())[0].float().numpy()
+
+
+def embed_array(encoder: VisionTransformer, array: np.ndarray, where: str = "array") -> np.ndarray:
+    """A preprocessed float ``[C, T, H, W]`` clip, fed as is."""
+    chans = encoder.cfg.in_chans
+    if array.ndim != 4 or array.shape[0] != chans or not np.issubdtype(array.dtype, np.floating):
+        raise EmbedInputError(f"{where}: expected a float array [C={chans}, T, H, W], "
+                              f"got {array.dtype} {tuple(array.shape)}")
+    cfg = encoder.cfg
+    if array.shape[1] < cfg.tubelet_size or min(array.shape[2:]) < cfg.patch_size:
+        raise EmbedInputError(f"{where}: clip {tuple(array.shape)} is smaller than one "
+                              f"{cfg.tubelet_size}x{cfg.patch_size}x{cfg.patch_size} tubelet")
+    return embed_clip(encoder, torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+
+
+def embed_video(encoder: VisionTransformer, model_cfg: ModelConfig, video_path: str, frames: int | None = None,
+                fps: float = DEFAULT_FPS, start: float | None = None) -> np.ndarray:
+    """Features of ``frames`` (default: the preset's num_frames) frames at ``fps`` from ``start`` seconds."""
+    frames = frames or model_cfg.encoder.num_frames
+    try:
+        reader = open_video(fetch(video_path))
+        try:
+            indices = clip_indices(reader.num_frames, reader.fps, frames, fps, start)
+            log.info("%s: frames %s of %d at %.2f fps", video_path, indices.tolist(), reader.num_frames, reader.fps)
+            pixels = reader.get_frames(indices)
+        finally:
+            reader.close()
+    except (SampleError, ValueError) as exc:
+        raise EmbedInputError(f"{video_path}: cannot read video: {exc}") from exc
+    return embed_clip(encoder, preprocess(pixels, model_cfg.encoder.img_size))
+
+
+def embed_image(encoder: VisionTransformer, model_cfg: ModelConfig, image_path: str,
+                frames: int | None = None) -> np.ndarray:
+    """An RGB image repeated to a static clip of ``frames`` frames (vjepa2.md 5.4)."""
+    try:
+        image = read_image(fetch(image_path))  # [H, W, 3] uint8
+    except SampleError as exc:
+        raise EmbedInputError(f"{image_path}: cannot read image: {exc}") from exc
+    clip = np.repeat(image[None], frames or model_cfg.encoder.num_frames, axis=0)
+    return embed_clip(encoder, preprocess(clip, model_cfg.encoder.img_size))
+
+
+def embed_path(encoder: VisionTransformer, model_cfg: ModelConfig, path: str, frames: int | None = None,
+               fps: float = DEFAULT_FPS, start: float | None = None) -> np.ndarray:
+    """Dispatch on the suffix: .npy, image (Meta's suffix rule), or video."""
+    if not storage.exists(path):
+        raise EmbedInputError(f"{path}: input not found")
+    if Path(path).suffix.lower() == ".npy":
+        try:
+            array = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+        except ValueError as exc:
+            raise EmbedInputError(f"{path}: not a .npy array ({exc})") from exc
+        return embed_array(encoder, array, path)
+    if is_image(path):
+        return embed_image(encoder, model_cfg, path, frames)
+    return embed_video(encoder, model_cfg, path, frames, fps, start)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="Meta-layout .pt (local or s3://)")
+    parser.add_argument("--input", required=True, help="video, image (jpg/png/...), or preprocessed .npy [C,T,H,W]")
+    parser.add_argument("--out", required=True, help="output .npy")
+    parser.add_argument("--preset", default=None, help="architecture, for Meta files that record none")
+    parser.add_argument("--key", default="encoder", choices=["encoder", "target_encoder"],
+                        help="which encoder of the checkpoint (default: encoder, as Meta's hub)")
+    parser.add_argument("--pool", default="none", choices=["none", "mean"], help="mean: average the tokens")
+    parser.add_argument("--frames", type=int, default=None, help="frames per clip (default: the preset's)")
+    parser.add_argument("--fps", type=float, default=DEFAULT_FPS, help="sampling rate (default 4)")
+    parser.add_argument("--start", type=float, default=None, help="clip start in seconds (default: centred)")
+
+
+def run(args: argparse.Namespace) -> int:
+    encoder, cfg = load_encoder(args.checkpoint, key=args.key, preset=args.preset)
+    feats = embed_path(encoder, cfg, args.input, args.frames, args.fps, args.start)
+    if args.pool == "mean":
+        feats = feats.mean(axis=0)
+    buffer = io.BytesIO()
+    np.save(buffer, feats.astype(np.float32))
+    storage.write_bytes(args.out, buffer.getvalue())
+    print(f"wrote {args.out}: {feats.shape} float32 ({cfg.preset}, {args.key})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(module_main(__name__))

@@ -1,0 +1,74 @@
+"""Attentive probe (vjepa2.md 8.1): HF's VJEPA2AttentivePooler with eps 1e-5 as the oracle, init, queries."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import VJEPA2Config
+from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler
+
+from models.probe import AttentiveClassifier, AttentivePooler
+
+
+def _to_hf_pooler(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Meta pooler keys -> HF keys (peers.md 1.9 classifier regexes, with the fused qkv/kv split)."""
+    out = {}
+    for key, value in sd.items():
+        name = key.replace("blocks.", "self_attention_layers.").replace("cross_attention_block.",
+                                                                        "cross_attention_layer.")
+        name = name.replace(".norm1.", ".layer_norm1.").replace(".norm2.", ".layer_norm2.")
+        if ".attn.qkv." in name:
+            head, kind = name.split(".attn.qkv.")
+            for part, chunk in zip("qkv", value.chunk(3)):
+                out[f"{head}.self_attn.{part}_proj.{kind}"] = chunk
+        elif ".xattn.kv." in name:
+            head, kind = name.split(".xattn.kv.")
+            for part, chunk in zip("kv", value.chunk(2)):
+                out[f"{head}.cross_attn.{part}_proj.{kind}"] = chunk
+        else:
+            out[name.replace(".attn.proj.", ".self_attn.out_proj.").replace(".xattn.q.", ".cross_attn.q_proj.")] = value
+    return out
+
+
+def test_pooler_matches_transformers_with_reference_eps() -> None:
+    torch.manual_seed(0)
+    pooler = AttentivePooler(embed_dim=64, num_heads=4, depth=4).eval()
+    config = VJEPA2Config(hidden_size=64, num_attention_heads=4, num_pooler_layers=3, layer_norm_eps=1e-5)
+    hf = VJEPA2AttentivePooler(config).eval()
+    hf.load_state_dict(_to_hf_pooler(pooler.state_dict()), strict=True)
+    tokens = torch.randn(3, 40, 64)
+    with torch.no_grad():
+        ours = pooler(tokens).squeeze(1)
+        assert (ours - hf(tokens)).abs().max() <= 1e-5
+        # the eps matters: HF's own default (1e-6) gives a different answer
+        hf_eps = VJEPA2AttentivePooler(VJEPA2Config(hidden_size=64, num_attention_heads=4)).eval()
+        hf_eps.load_state_dict(_to_hf_pooler(pooler.state_dict()))
+        assert (ours - hf_eps(tokens)).abs().max() > 1e-7
+    assert all(m.eps == 1e-5 for m in pooler.modules() if isinstance(m, torch.nn.LayerNorm))
+
+
+def test_cross_attention_has_no_output_projection_and_multiple_queries() -> None:
+    pooler = AttentivePooler(embed_dim=32, num_heads=2, depth=1, num_queries=3)
+    names = set(pooler.state_dict())
+    assert "cross_attention_block.xattn.q.weight" in names and "cross_attention_block.xattn.kv.weight" in names
+    assert not any("xattn.proj" in n for n in names)
+    assert pooler(torch.randn(2, 10, 32)).shape == (2, 3, 32)
+
+
+def test_classifier_shapes_and_meta_key_names() -> None:
+    clf = AttentiveClassifier(embed_dim=32, num_heads=2, num_classes=5)
+    assert clf(torch.randn(2, 10, 32)).shape == (2, 5)
+    assert {"pooler.query_tokens", "linear.weight", "pooler.blocks.2.attn.qkv.weight"} <= set(clf.state_dict())
+
+
+def test_residual_rescale_of_pooler_blocks() -> None:
+    """Self-attention block l: proj, fc2 / sqrt(2l); cross block fc2 / sqrt(2 * 3) for depth 4."""
+    torch.manual_seed(0)
+    pooler = AttentivePooler(embed_dim=256, num_heads=4, depth=4)
+    for layer, block in enumerate(pooler.blocks, start=1):
+        assert abs(block.mlp.fc2.weight.std().item() / (0.02 / math.sqrt(2 * layer)) - 1) < 0.03
+    fc2 = pooler.cross_attention_block.mlp.fc2.weight
+    assert abs(fc2.std().item() / (0.02 / math.sqrt(6)) - 1) < 0.03
+    shallow = AttentivePooler(embed_dim=256, num_heads=4, depth=1)
+    assert abs(shallow.cross_attention_block.mlp.fc2.weight.std().item() / (0.02 / math.sqrt(2)) - 1) < 0.03
