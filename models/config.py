@@ -9,8 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+class TransformerWidths:
+    """Derived widths shared by every transformer config (a mixin, not a dataclass: adds no fields)."""
+
+    embed_dim: int
+    num_heads: int
+    mlp_ratio: float
+
+    @property
+    def mlp_hidden(self) -> int:
+        # round, not int: ViT-g's ratio 48/11 is not exact in binary floating point (MLP must be 6144).
+        return round(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
 @dataclass
-class EncoderConfig:
+class EncoderConfig(TransformerWidths):
     """Video ViT with a Conv3d tubelet embedding and 3D RoPE (vjepa2.md 1.1-1.4)."""
 
     img_size: int = 256
@@ -27,18 +44,9 @@ class EncoderConfig:
     # corrected interleaved layout (V-JEPA 2.1 / HF ``use_rope_interleave``).
     rope_interleave: bool = False
 
-    @property
-    def mlp_hidden(self) -> int:
-        # round, not int: ViT-g's ratio 48/11 is not exact in binary floating point (MLP must be 6144).
-        return round(self.embed_dim * self.mlp_ratio)
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
 
 @dataclass
-class PredictorConfig:
+class PredictorConfig(TransformerWidths):
     """Mask-token predictor (vjepa2.md 2)."""
 
     embed_dim: int = 384
@@ -50,17 +58,9 @@ class PredictorConfig:
     # non-square inputs; False uses the real input grid instead.
     square_grid: bool = True
 
-    @property
-    def mlp_hidden(self) -> int:
-        return round(self.embed_dim * self.mlp_ratio)
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
 
 @dataclass
-class ACPredictorConfig:
+class ACPredictorConfig(TransformerWidths):
     """V-JEPA 2-AC action-conditioned predictor (vjepa2.md 6.1); its token grid is the encoder's img_size/patch."""
 
     embed_dim: int = 1024
@@ -72,14 +72,6 @@ class ACPredictorConfig:
     extrinsics_dim: int = 6
     # vjepa2.md 6.1: the released model builds extrinsics_encoder but never feeds it (use_extrinsics: false).
     use_extrinsics: bool = False
-
-    @property
-    def mlp_hidden(self) -> int:
-        return round(self.embed_dim * self.mlp_ratio)
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
 
 
 @dataclass
