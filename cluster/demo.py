@@ -4,6 +4,8 @@ Steps (each prints what it did and where its results are):
   1. sample world      -> <workdir>/data/sample_world (manifests in Parquet and Meta CSV)
   2. VideoMix data pass -> one virtual epoch of the tiny preset through the Ray Data decode pool,
                           clips per source logged to MLflow
+  3. curation          -> Curated-YT1B over the sample world's yt1b pool (configs/curate/tiny.yaml):
+                          curated manifest + report (HTML, plots, contact sheets)
 Everything goes through the same functions the CLI subcommands and a cluster run use.
 """
 
@@ -37,10 +39,15 @@ class DemoContext:
     seed: int
     data_samples: int
     results: dict[str, dict] = field(default_factory=dict)
+    curated_manifest: str = ""
 
     @property
     def world(self) -> Path:
         return self.workdir / "data" / "sample_world"
+
+    @property
+    def curated_dir(self) -> Path:
+        return self.workdir / "data" / "curated"
 
     def source_overrides(self) -> list[str]:
         """Point the tiny preset's sources at this demo's sample world (absolute paths)."""
@@ -78,9 +85,28 @@ def step_data_pass(ctx: DemoContext) -> dict:
             "rejects_dir": str(rejects)}
 
 
+def step_curation(ctx: DemoContext) -> dict:
+    from curation.config import CurationConfig
+    from curation.curate import curate
+    from pipelines.sample_world import TARGETS
+
+    overrides = [f"pool={ctx.world / 'sources' / 'yt1b' / 'manifest.parquet'}",
+                 f"output={ctx.curated_dir}", "tracking.experiment=" + DEMO_EXPERIMENT]
+    overrides += [f"targets.{name}.{split}={ctx.world / 'targets' / name / split / 'manifest.parquet'}"
+                  for name in TARGETS for split in ("train", "val")]
+    result = curate(load_config(CurationConfig, preset_path("curate", "tiny"), overrides))
+    ctx.curated_manifest = result.manifest
+    counts = result.stats["counts"]
+    return {"manifest": result.manifest, "report": str(Path(result.report_dir) / "index.html"),
+            "scenes_embedded": counts["scenes_embedded"], "scenes_curated": counts["scenes_curated"],
+            "clusters_retained": f"{counts['clusters_retained']}/{counts['clusters']}",
+            "scenes_contaminated": counts["scenes_contaminated"]}
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
     ("sample world", step_sample_world),
     ("VideoMix data pass (Ray Data)", step_data_pass),
+    ("Curated-YT1B", step_curation),
 ]
 
 
