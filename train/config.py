@@ -55,10 +55,11 @@ class OptimConfig:
 class TrainerConfig:
     """Ray Train scale and the per-worker step."""
 
-    num_workers: int = 1
+    num_workers: int = 1  # 0: Ray Train local mode (the loop runs in the driver, no worker actors)
     use_gpu: bool = False
+    cpus_per_worker: float = 1.0
     batch_size_per_worker: int = 24
-    grad_accum_steps: int = 1
+    grad_accum_steps: int = 0  # 0: derived so workers x batch x accumulation reaches optim.global_batch
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     activation_checkpointing: bool = True
     compile: bool = False
@@ -67,6 +68,9 @@ class TrainerConfig:
     num_to_keep: int = 2
     max_failures: int = 0
     log_every: int = 10
+    stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0: optim.total_steps
+    prefetch_batches: int = 2  # Ray Data batches fetched ahead of the step
+    target_std_floor: float = 0.05  # warn (log + MLflow) below this target-feature std: collapse
 
 
 @dataclass

@@ -1,0 +1,163 @@
+"""The source registry (which manifests feed the mix, at which weight) and row-group access to manifests.
+
+Sources come from ``DataConfig.sources`` alone: the five VideoMix22M sources by default (vjepa2.md
+5.1), any other by adding ``{name: {manifest, weight, kind}}``. A source's id is its position in the
+config, weight-0 sources included, so ids (the ``source`` column of batches) do not shift when a
+sweep turns a source off.
+
+:class:`ManifestRows` reads a manifest one Parquet row group at a time (``s3://`` reads are ranged
+GETs), so the sampling index over a 10M-row manifest never holds the manifest in memory. Meta CSV
+lists are small by nature; they are parsed whole and cut into virtual groups of the same size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cluster import storage
+from cluster.errors import UserError
+from pipelines.config import DataConfig
+from pipelines.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, ManifestError, conform, is_csv, read_manifest
+
+CSV_GROUP_ROWS = 65536
+RECORD_COLUMNS = ("uri", "label", "fps", "num_frames", "start_s", "end_s")
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    source_id: int
+    kind: str
+    weight: float
+    manifest: str
+
+
+class SourceRegistry:
+    """All configured sources by id, and the active ones (weight > 0) that the mix draws from."""
+
+    def __init__(self, sources: list[Source]):
+        self.sources = sources
+        self.names = [s.name for s in sources]
+        self.active = [s for s in sources if s.weight > 0]
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> SourceRegistry:
+        sources = []
+        for source_id, (name, sc) in enumerate(cfg.sources.items()):
+            if not math.isfinite(sc.weight) or sc.weight < 0:
+                raise UserError(f"data.sources.{name}.weight: must be a finite number >= 0, got {sc.weight}")
+            if sc.weight > 0 and not sc.manifest:
+                raise UserError(f"data.sources.{name}: weight {sc.weight} but no manifest; set "
+                                f"data.sources.{name}.manifest=URI or weight=0 to leave it out")
+            sources.append(Source(name, source_id, sc.kind, float(sc.weight), sc.manifest))
+        registry = cls(sources)
+        if not registry.active:
+            raise UserError("data.sources: every source has weight 0; nothing to sample")
+        return registry
+
+    def shares(self) -> dict[str, float]:
+        """The normalised mixing weights of the active sources."""
+        total = sum(s.weight for s in self.active)
+        return {s.name: s.weight / total for s in self.active}
+
+
+class ManifestRows:
+    """One manifest, read a row group at a time; picklable (handles reopen lazily on each process)."""
+
+    def __init__(self, uri: str):
+        self.uri = str(uri)
+        self._file: pq.ParquetFile | None = None
+        self._csv: pa.Table | None = None
+        if is_csv(self.uri):
+            table = self._csv_table()
+            self.group_rows = _virtual_groups(table.num_rows)
+            self.columns = set(table.column_names)
+        else:
+            meta = self._parquet().metadata
+            self.group_rows = np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64)
+            schema = self._parquet().schema_arrow
+            conform(schema.empty_table(), self.uri)  # fail fast on a wrong schema, before any row is read
+            self.columns = set(schema.names)
+        self.num_rows = int(self.group_rows.sum())
+        if self.num_rows == 0:
+            raise ManifestError(f"{self.uri}: manifest has no rows")
+        self.group_offsets = np.concatenate([[0], np.cumsum(self.group_rows)])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_csv": None}
+
+    def _csv_table(self) -> pa.Table:
+        if self._csv is None:
+            self._csv = read_manifest(self.uri)
+        return self._csv
+
+    def _parquet(self) -> pq.ParquetFile:
+        if self._file is None:
+            if not storage.exists(self.uri):
+                raise ManifestError(f"{self.uri}: manifest not found")
+            fs, path = storage.filesystem_for(self.uri)
+            try:
+                self._file = pq.ParquetFile(fs.open_input_file(path))
+            except (OSError, pa.ArrowException) as exc:
+                raise ManifestError(f"{self.uri}: unreadable manifest: {exc}") from exc
+        return self._file
+
+    def read_group(self, group: int, columns: list[str]) -> pa.Table:
+        """Row group ``group`` with ``columns`` (optional ones missing from the file come back null)."""
+        present = [c for c in columns if c in self.columns]
+        if is_csv(self.uri):
+            start = int(self.group_offsets[group])
+            table = self._csv_table().slice(start, int(self.group_rows[group])).select(present)
+        else:
+            table = conform_optional(self._parquet().read_row_group(group, columns=present), self.uri)
+        for name in columns:
+            if name not in present:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
+        return table.select(columns)
+
+    def group_weights(self) -> np.ndarray | None:
+        """Per-group sums of the ``weight`` column, streamed a group at a time; None without the column.
+
+        A null, negative or non-finite weight is a manifest defect and fails naming the row.
+        """
+        if "weight" not in self.columns:
+            return None
+        sums = np.array([self.row_weights(group).sum() for group in range(len(self.group_rows))])
+        if sums.sum() <= 0:
+            raise ManifestError(f"{self.uri}: column 'weight' sums to 0; no row can be drawn")
+        return sums
+
+    def row_weights(self, group: int) -> np.ndarray:
+        column = self.read_group(group, ["weight"]).column("weight")
+        weights = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(weights) | (weights < 0))
+        if len(bad):
+            rows = ", ".join(str(int(self.group_offsets[group] + b)) for b in bad[:10])
+            raise ManifestError(f"{self.uri}: column 'weight' must be finite and >= 0 (null/negative/NaN at "
+                                f"row(s) {rows})")
+        return weights
+
+
+def conform_optional(table: pa.Table, uri: str) -> pa.Table:
+    """Cast the manifest columns present in a partial read (a row group read with a column subset)."""
+    types = {**REQUIRED_COLUMNS, **OPTIONAL_COLUMNS}
+    columns = {}
+    for name in table.column_names:
+        col = table[name]
+        if name in types and col.type != types[name]:
+            try:
+                col = col.cast(types[name])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ManifestError(f"{uri}: column '{name}' has type {col.type}, expected {types[name]}") from exc
+        columns[name] = col
+    return pa.table(columns)
+
+
+def _virtual_groups(num_rows: int) -> np.ndarray:
+    full, rest = divmod(num_rows, CSV_GROUP_ROWS)
+    return np.array([CSV_GROUP_ROWS] * full + ([rest] if rest else []), np.int64)

@@ -1,0 +1,128 @@
+"""Check a manifest before spending GPU hours: open and decode one clip per row, report bad rows by reason.
+
+``vjepa2-ray validate-data --manifest URI [--source NAME] --rejects OUT.parquet``
+
+Every row goes through the training path (fetch, open, frame plan, decode, crop) with its own
+window seed; a failing row becomes a reject record (uri, source, reason, stage) in OUT.parquet.
+Prints good/bad counts per reason and exits 0 whatever the media look like; only a manifest that
+cannot be read or parsed is an error (exit 2, naming the file and line numbers). The manifest is
+read one row group at a time, so a 100M-row manifest validates in bounded memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from itertools import repeat
+from pathlib import PurePosixPath
+
+from cluster.cli import module_main
+from pipelines import decode
+from pipelines.clips import ClipRequest, make_clip
+from pipelines.config import ClipConfig, DataConfig
+from pipelines.quarantine import Quarantine, RejectRecord, SampleError, write_rejects
+from pipelines.sources import ManifestRows
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_TASK = 32
+PROGRESS_EVERY_S = 10.0
+Row = tuple[int, str, float | None, float | None]
+
+
+def check_rows(rows: list[Row], cfg: DataConfig, kind: str, source: str) -> list[RejectRecord]:
+    """Decode one clip per row; the reject records of the rows that fail."""
+    rejects = []
+    for row, uri, start_s, end_s in rows:
+        request = ClipRequest(uri, window_seed=row, kind=kind, start_s=start_s, end_s=end_s)
+        try:
+            make_clip(request, cfg)
+        except SampleError as err:
+            rejects.append(RejectRecord.from_error(err, uri, source, sample_id=row))
+    return rejects
+
+
+def iter_rows(rows: ManifestRows) -> Iterator[list[Row]]:
+    """The manifest's rows in task-sized chunks, one row group at a time."""
+    for group in range(len(rows.group_rows)):
+        table = rows.read_group(group, ["uri", "start_s", "end_s"])
+        first = int(rows.group_offsets[group])
+        uris = table.column("uri").to_pylist()
+        starts = table.column("start_s").to_pylist()
+        ends = table.column("end_s").to_pylist()
+        for at in range(0, len(uris), ROWS_PER_TASK):
+            yield [(first + i, uris[i], starts[i], ends[i]) for i in range(at, min(at + ROWS_PER_TASK, len(uris)))]
+
+
+def validate(manifest: str, rejects_out: str, *, source: str = "", cfg: DataConfig | None = None,
+             kind: str = "video", workers: int = 1) -> tuple[int, Quarantine]:
+    """Validate every row of ``manifest``; returns (rows checked, quarantine with the rejects and counts)."""
+    cfg = cfg or DataConfig()
+    source = source or PurePosixPath(manifest).parent.name
+    rows = ManifestRows(manifest)  # a ManifestError (unreadable manifest) propagates: exit 2
+    quarantine = Quarantine(rejects_out)
+    done, last = 0, time.perf_counter()
+    # spawn, not fork: a forked child must not inherit the parent's S3 client threads
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
+    try:
+        chunks = iter_rows(rows)
+        results = (pool.map(check_rows, chunks, repeat(cfg), repeat(kind), repeat(source)) if pool
+                   else (check_rows(chunk, cfg, kind, source) for chunk in chunks))
+        for records in results:
+            for record in records:
+                quarantine.add(record)
+            done = min(done + ROWS_PER_TASK, rows.num_rows)
+            if time.perf_counter() - last > PROGRESS_EVERY_S:
+                last = time.perf_counter()
+                log.info("validate-data: %d/%d rows, %d bad", done, rows.num_rows, quarantine.total)
+    finally:
+        if pool:
+            pool.shutdown()
+    if quarantine.flush() is None:
+        write_rejects([], rejects_out)  # an empty table still tells "checked, nothing bad"
+    return rows.num_rows, quarantine
+
+
+def report(manifest: str, total: int, quarantine: Quarantine, rejects_out: str) -> str:
+    bad = quarantine.total
+    lines = [f"{manifest}: {total} rows, {total - bad} good, {bad} bad"]
+    width = max((len(r) for r in quarantine.by_reason()), default=0)
+    lines += [f"  {reason:<{width}}  {n}" for reason, n in sorted(quarantine.by_reason().items())]
+    lines.append(f"rejects: {rejects_out}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    clip = ClipConfig()
+    parser.add_argument("--manifest", required=True, help="manifest (Parquet or Meta CSV), local or s3://")
+    parser.add_argument("--rejects", required=True, help="rejects table to write (.parquet, local or s3://)")
+    parser.add_argument("--source", default="", help="source name for the records (default: manifest's folder)")
+    parser.add_argument("--kind", choices=("video", "image"), default="video",
+                        help="image: every row is an image (image suffixes always are, as in Meta's loader)")
+    parser.add_argument("--decoder", choices=decode.BACKENDS, default="decord")
+    parser.add_argument("--frames", type=int, default=clip.frames_per_clip)
+    parser.add_argument("--fps", type=float, default=clip.fps)
+    parser.add_argument("--crop", type=int, default=64, help="crop size of the test clip (small: faster)")
+    parser.add_argument("--min-frames", type=int, default=DataConfig().min_frames)
+    parser.add_argument("--workers", type=int, default=1, help="processes decoding in parallel")
+
+
+def run(args: argparse.Namespace) -> int:
+    base = DataConfig()
+    cfg = replace(base, decoder=args.decoder, min_frames=args.min_frames,
+                  clip=replace(base.clip, frames_per_clip=args.frames, fps=args.fps, crop_size=args.crop))
+    t0 = time.perf_counter()
+    total, quarantine = validate(args.manifest, args.rejects, source=args.source, cfg=cfg,
+                                 kind=args.kind, workers=args.workers)
+    print(report(args.manifest, total, quarantine, args.rejects))
+    log.info("validate-data: %d rows in %.1f s", total, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(module_main(__name__))

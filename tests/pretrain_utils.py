@@ -1,0 +1,64 @@
+"""Shared helpers for the pretraining tests: a very small model config and synthetic micro-batches."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cluster.config import load_config
+from configs import preset_path
+from train.config import PretrainConfig
+from train.masks import sample_masks, token_grid
+
+FRAMES, CROP, PER_RANK = 4, 64, 2
+TINY = preset_path("pretrain", "tiny")
+
+
+def small_overrides() -> list[str]:
+    """The tiny preset shrunk to 4 frames at 64 px, so a step takes milliseconds."""
+    return [f"model.encoder.img_size={CROP}", f"model.encoder.num_frames={FRAMES}",
+            f"data.clip.frames_per_clip={FRAMES}", f"data.clip.crop_size={CROP}"]
+
+
+def small_config(*overrides: str) -> PretrainConfig:
+    return load_config(PretrainConfig, TINY, [*small_overrides(), *overrides])
+
+
+def synthetic_batch(cfg: PretrainConfig, index: int, rank: int, batch_size: int = PER_RANK) -> dict:
+    """A reproducible micro-batch: noise clips and the real mask sampler at counter ``index``."""
+    gen = torch.Generator().manual_seed(1000 * rank + index)
+    grid = token_grid(FRAMES, CROP, cfg.model.encoder.patch_size, cfg.model.encoder.tubelet_size)
+    masks_enc, masks_pred = sample_masks(cfg.masks, batch_size, grid, index, seed=0, rank=rank)
+    clip = torch.randn(batch_size, 3, FRAMES, CROP, CROP, generator=gen)
+    return {"clip": clip, "masks_enc": masks_enc, "masks_pred": masks_pred}
+
+
+TOTAL_STEPS = 6
+SOURCES = ("ssv2", "kinetics", "howto100m", "yt1b", "imagenet")
+
+
+def world_overrides(world: Path, out: Path, *overrides: str) -> list[str]:
+    """The small config on the sample world's sources, writing to ``out``: 6 steps, a checkpoint every 2."""
+    return [*small_overrides(), *(f"data.sources.{name}.manifest={world}/sources/{name}/manifest.parquet"
+                                  for name in SOURCES),
+            f"run.output_dir={out}", f"optim.total_steps={TOTAL_STEPS}", "trainer.checkpoint_every=2",
+            "data.num_decode_workers=1", *overrides]
+
+
+def world_config(world: Path, out: Path, *overrides: str) -> PretrainConfig:
+    return load_config(PretrainConfig, TINY, world_overrides(world, out, *overrides))
+
+
+@functools.cache
+def uninterrupted_losses(world: str, workers: int = 2) -> dict[int, float]:
+    """Per-step losses of an uninterrupted ``workers``-worker run; computed once per test session
+    (the resume and fault-tolerance tests compare against the same reference)."""
+    from train.pretrain import pretrain
+
+    out = Path(tempfile.mkdtemp(prefix="vjepa2-reference-"))
+    result = pretrain(world_config(Path(world), out, f"trainer.num_workers={workers}", "tracking.enabled=false"))
+    assert result.worker["start_step"] == 0 and result.worker["final_step"] == TOTAL_STEPS
+    return result.worker["losses"]

@@ -1,0 +1,264 @@
+"""Pretrain V-JEPA 2 on Ray Train with FSDP2; the last line printed is the exported checkpoint's path.
+
+The paper's recipe (vjepa2.md 4): the main phase (warmup, then constant LR) and the cooldown (64 frames,
+384 px for ViT-g, linear LR decay) that starts from the main phase's checkpoint (``run.init_checkpoint``)
+and is recorded as a child of the main phase's MLflow run. One YAML describes a run:
+
+    vjepa2-ray pretrain --config configs/pretrain/tiny.yaml trainer.num_workers=2 run.output_dir=runs/t
+    ray job submit --working-dir . -- python -m train.pretrain --config configs/pretrain/vitl.yaml
+
+Checkpoints go to ``<output_dir>/checkpoints/step_<N>/`` (DCP shards + train_state.json, the newest
+``trainer.num_to_keep`` kept); rerunning the same command resumes from the newest one. At the end the
+newest checkpoint is exported in Meta's layout to ``<output_dir>/<run.name>-step_<N>.pt`` (loadable by
+``vjepa2-ray embed`` and Meta's loaders) and that path is printed last, so scripts can chain on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cluster import storage
+from cluster.cli import module_main
+from cluster.config import load_config, to_dict
+from cluster.errors import UserError
+from cluster.redact import setup_logging
+from cluster.tracking import resolve_uri, runs_root, start_run
+from models.checkpoint import load_meta_checkpoint
+from pipelines.dataset import train_data_config
+from train.config import PretrainConfig
+from train.fsdp import backend
+from train.loop import DATASET, TrainData, stop_step, train_loop_per_worker
+from train.optim import plan_batch
+from train.run_tracking import attach_run
+from train.state import (
+    RAY_SNAPSHOT_FILE,
+    STATE_FILE,
+    check_compatible,
+    export_meta,
+    latest_checkpoint,
+    provenance,
+    read_record,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"  # Ray Train run name: checkpoints live in <output_dir>/checkpoints/
+
+
+@dataclass
+class PretrainResult:
+    """What a finished (or stopped) run left behind."""
+
+    export_path: str  # Meta-layout file of the newest checkpoint
+    checkpoint: str  # the newest sharded checkpoint
+    output_dir: str
+    mlflow_run_id: str
+    worker: dict[str, Any]  # rank 0's summary: start/final step, per-step losses, throughput
+
+
+def _absolute(path: str) -> str:
+    return path if not path or storage.is_s3(path) else str(Path(path).expanduser().resolve())
+
+
+def resolve(cfg: PretrainConfig) -> PretrainConfig:
+    """Everything a worker on another node needs, made explicit: absolute paths, the tracking URI; and a
+    decode block size that keeps the data position exact (:func:`aligned_decode_batch`)."""
+    output_dir = _absolute(cfg.run.output_dir) or str(runs_root() / cfg.run.name)
+    sources = {name: replace(src, manifest=_absolute(src.manifest)) for name, src in cfg.data.sources.items()}
+    data = replace(cfg.data, sources=sources, decode_batch_size=aligned_decode_batch(cfg),
+                   rejects_dir=_absolute(cfg.data.rejects_dir) or storage.join(output_dir, "rejects"))
+    tracking = replace(cfg.tracking, tracking_uri=resolve_uri(cfg.tracking) if cfg.tracking.enabled else "")
+    run = replace(cfg.run, output_dir=output_dir, init_checkpoint=_absolute(cfg.run.init_checkpoint))
+    return replace(cfg, run=run, data=data, tracking=tracking)
+
+
+def aligned_decode_batch(cfg: PretrainConfig) -> int:
+    """Ray Train deals the stream's blocks (``data.decode_batch_size`` rows each) to the workers in turn.
+    With several workers, each step consumes exactly its share of samples only if every micro-batch is
+    made of whole blocks; otherwise a checkpoint's sample count would not be the prefix of the stream
+    that was trained on, and a resume would repeat some samples and skip others."""
+    per_worker, block = cfg.trainer.batch_size_per_worker, cfg.data.decode_batch_size
+    if cfg.trainer.num_workers <= 1 or per_worker % block == 0:
+        return block
+    aligned = math.gcd(per_worker, block)
+    log.info("data.decode_batch_size %d -> %d so that whole blocks make up each worker's batch of %d",
+             block, aligned, per_worker)
+    return aligned
+
+
+def init_record(init: str) -> dict[str, Any]:
+    """The training record of ``run.init_checkpoint`` (sharded dir or our Meta-layout export), or {}."""
+    if not init:
+        return {}
+    if storage.exists(storage.join(init, STATE_FILE)):
+        return read_record(init)
+    return load_meta_checkpoint(init).extras.get("vjepa2_ray_train", {})
+
+
+def lineage_tags(cfg: PretrainConfig, source: dict[str, Any],
+                 resuming: bool = False) -> tuple[PretrainConfig, dict[str, str]]:
+    """MLflow tags tying phases together (vjepa2.md 4.2): a cooldown is a child run of the phase whose
+    checkpoint it starts from and shares its lineage; ``source`` is that checkpoint's record (or, when
+    ``resuming``, the record of this run's own latest checkpoint, which carries the lineage forward)."""
+    tags = {"vjepa2.phase": "cooldown" if cfg.run.init_checkpoint else "main", "vjepa2.run_name": cfg.run.name}
+    if cfg.run.init_checkpoint:
+        tags["vjepa2.init_checkpoint"] = cfg.run.init_checkpoint
+    if resuming:
+        tags["vjepa2.lineage"] = source.get("lineage", "")
+        return cfg, tags
+    parent_id = cfg.tracking.parent_run_id or source.get("mlflow_run_id", "")
+    if parent_id:
+        tags["vjepa2.lineage"] = source.get("lineage") or parent_id
+        cfg = replace(cfg, tracking=replace(cfg.tracking, parent_run_id=parent_id))
+    return cfg, tags
+
+
+def ensure_ray(cfg: PretrainConfig) -> None:
+    """Attach to the cluster (under ``ray job submit`` or with RAY_ADDRESS set) or start a local Ray whose
+    logical CPUs cover the trainers plus the decode pool, even on a 2-core laptop (ray.md 3.1)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+        return
+    data, trainer = cfg.data, cfg.trainer
+    needed = max(1, trainer.num_workers) * trainer.cpus_per_worker + data.num_decode_workers * data.decode_cpus
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(needed)), include_dashboard=False)
+
+
+def existing_checkpoint(run_uri: str, ray_managed: bool) -> str | None:
+    """The checkpoint this run would resume from. Refuses a run directory kept in the other mode: Ray
+    Train workers resume from Ray's checkpoint record, which local mode neither reads nor updates."""
+    has_ray_record = storage.exists(storage.join(run_uri, RAY_SNAPSHOT_FILE))
+    unrecorded = latest_checkpoint(run_uri, ray_managed=False)
+    if not ray_managed and has_ray_record:
+        raise UserError(f"{run_uri} was written by Ray Train workers; continue it with trainer.num_workers >= 1")
+    if ray_managed and not has_ray_record and unrecorded:
+        raise UserError(f"{run_uri} holds checkpoints Ray Train has no record of ({unrecorded}: written in local "
+                        "mode, or by a run stopped before its first checkpoint registered); continue it with "
+                        "trainer.num_workers=0 or choose another run.output_dir")
+    return latest_checkpoint(run_uri, ray_managed=ray_managed)
+
+
+def _trainer(cfg: PretrainConfig, loop_cfg: dict[str, Any], global_batch: int, dataset: Any = None) -> Any:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    fs, path = storage.filesystem_for(cfg.run.output_dir)
+    trainer = cfg.trainer
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_cfg,
+        torch_config=TorchConfig(backend=backend(trainer.use_gpu)),
+        scaling_config=ray.train.ScalingConfig(num_workers=trainer.num_workers, use_gpu=trainer.use_gpu,
+                                               resources_per_worker={"CPU": trainer.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=CHECKPOINTS, storage_path=path, storage_filesystem=fs,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trainer.num_to_keep or None),
+            failure_config=ray.train.FailureConfig(max_failures=trainer.max_failures)),
+        datasets={DATASET: dataset or TrainData(cfg.data, loop_cfg["run_uri"], stop_step(cfg), global_batch,
+                                                ray_managed=trainer.num_workers > 0)},
+        dataset_config=train_data_config(cfg.data),  # keeps preserve_order: same sample -> rank on restarts
+    )
+
+
+def starting_point(cfg: PretrainConfig, run_uri: str, own_dataset: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The records of the checkpoint this run resumes from ({} for a fresh run) and of the checkpoint it
+    starts from (that one, or ``run.init_checkpoint``), after every refusal: resume switched off, a
+    dataset given to a resumed run, an architecture that does not fit."""
+    existing = existing_checkpoint(run_uri, ray_managed=cfg.trainer.num_workers > 0)
+    if existing and own_dataset:
+        raise UserError(f"{existing}: a run given its own dataset cannot resume (its data position is unknown)")
+    if existing and not cfg.run.resume:
+        raise UserError(f"{cfg.run.output_dir} already holds checkpoints ({existing}); set run.resume=true to "
+                        "continue that run, or choose another run.output_dir / run.name")
+    resumed = read_record(existing) if existing else {}
+    source = resumed or init_record(cfg.run.init_checkpoint)
+    if source.get("config"):  # refused here, before any worker starts (workers check again)
+        check_compatible(source["config"]["model"], cfg.model, existing or cfg.run.init_checkpoint)
+    return resumed, source
+
+
+def open_tracking(cfg: PretrainConfig, resumed: dict[str, Any], source: dict[str, Any], record: dict[str, Any],
+                  global_batch: int) -> tuple[PretrainConfig, str, str]:
+    """Create the run's MLflow run (params, lineage tags) or, when resuming, re-open it so the loss curve
+    continues the interrupted one. Returns the config (parent run id filled in), run id and lineage."""
+    cfg, tags = lineage_tags(cfg, source, resuming=bool(resumed))
+    run_id = resumed.get("mlflow_run_id", "")
+    opened = attach_run(cfg.tracking, run_id) if run_id else start_run(
+        cfg.tracking, cfg, tags, run_name=cfg.tracking.run_name or cfg.run.name)
+    with opened as run:
+        run_id = run.run_id or ""
+        lineage = tags.get("vjepa2.lineage") or run_id
+        run.set_tags({"vjepa2.lineage": lineage, "vjepa2.git_revision": record["git_revision"],
+                      "vjepa2.output_dir": cfg.run.output_dir, "vjepa2.global_batch": global_batch})
+    return cfg, run_id, lineage
+
+
+def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
+    """Run (or resume) one pretraining phase and export its newest checkpoint in Meta's layout.
+
+    ``dataset``: a prepared Ray Dataset (columns of ``pipelines.dataset.build_train_dataset``) to train
+    on instead of the VideoMix stream, for a fresh run only; benchmarks pass pre-decoded clips to time
+    the training loop alone.
+    """
+    cfg = resolve(cfg)
+    run_uri = storage.join(cfg.run.output_dir, CHECKPOINTS)
+    resumed, source = starting_point(cfg, run_uri, own_dataset=dataset is not None)
+    plan = plan_batch(cfg.optim, cfg.trainer)
+    record = provenance(cfg)
+    ensure_ray(cfg)
+    cfg, run_id, lineage = open_tracking(cfg, resumed, source, record, plan.global_batch)
+    log.info("pretraining %s: %d workers x %d clips x %d accumulation = global batch %d, steps to %d, output %s",
+             cfg.run.name, max(1, cfg.trainer.num_workers), plan.batch_per_worker, plan.grad_accum,
+             plan.global_batch, stop_step(cfg), cfg.run.output_dir)
+    loop_cfg = {"config": to_dict(cfg), "run_uri": run_uri, "mlflow_run_id": run_id,
+                "record": {**record, "lineage": lineage}}
+    result = _trainer(cfg, loop_cfg, plan.global_batch, dataset).fit()
+    checkpoint = latest_checkpoint(run_uri, ray_managed=cfg.trainer.num_workers > 0)
+    if checkpoint is None:
+        raise UserError(f"run finished without a checkpoint in {run_uri}")
+    export_path = export(checkpoint, storage.join(cfg.run.output_dir, f"{cfg.run.name}-{Path(checkpoint).name}.pt"))
+    with attach_run(cfg.tracking, run_id) as run:
+        run.log_text(json.dumps(read_record(checkpoint), indent=1, default=str), "checkpoint/train_state.json")
+        run.log_text(json.dumps({"checkpoint": checkpoint, "export": export_path}, indent=1),
+                     "checkpoint/locations.json")
+        run.set_tags({"vjepa2.checkpoint": checkpoint, "vjepa2.export": export_path})
+    return PretrainResult(export_path, checkpoint, cfg.run.output_dir, run_id, result.return_value or {})
+
+
+def export(checkpoint: str, out: str) -> str:
+    """Meta-layout export of a (local or S3) sharded checkpoint."""
+    import ray.train
+
+    fs, path = storage.filesystem_for(checkpoint)
+    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as local:
+        return export_meta(local, out)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config, e.g. configs/pretrain/tiny.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides, e.g. trainer.num_workers=2 run.output_dir=runs/x")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging()
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    result = pretrain(cfg)
+    print(f"MLflow run {result.mlflow_run_id}; checkpoint {result.checkpoint}")
+    print(result.export_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(module_main(__name__))

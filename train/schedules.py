@@ -1,0 +1,100 @@
+"""Learning-rate, weight-decay and EMA schedules of the V-JEPA 2 recipe (vjepa2.md 4.2).
+
+Every schedule is a pure function of the optimizer step, so resuming needs only the step counter: a
+resumed run recomputes the same values, there is no scheduler state to save beyond the step and the
+config that produced it (both recorded in the checkpoint).
+
+Meta's schedulers advance their counter *before* computing the value (``self._step += 1`` then compute),
+so optimizer step ``s`` (0-based) uses the value at ``t = s + 1``; the first step of a warmup already
+runs slightly above ``start_lr``. We reproduce that, so LR curves line up with Meta's logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from cluster.config import ConfigError
+from train.config import OptimConfig
+
+
+class Schedule(Protocol):
+    def __call__(self, step: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class Constant:
+    """The same value at every step: V-JEPA 2's weight decay (0.04) and EMA momentum (0.99925)."""
+
+    value: float
+
+    def __call__(self, step: int) -> float:
+        return self.value
+
+
+@dataclass(frozen=True)
+class WarmupConstant:
+    """Linear warmup ``start -> peak`` over ``warmup_steps``, then ``peak`` (the main phase, vjepa2.md 4.2).
+
+    Meta runs a warmup-cosine schedule whose final value equals its peak, which is exactly this.
+    """
+
+    start: float
+    peak: float
+    warmup_steps: int
+
+    def __call__(self, step: int) -> float:
+        t = step + 1
+        if t < self.warmup_steps:
+            return self.start + (t / self.warmup_steps) * (self.peak - self.start)
+        return self.peak
+
+
+@dataclass(frozen=True)
+class LinearDecay:
+    """Linear decay ``start -> final`` over ``t_max`` steps (the cooldown, vjepa2.md 4.2).
+
+    Meta passes ``t_max = total_steps * ipe_scale`` (1.25), so a 12k-step cooldown stops at 80 % of the
+    way: 5.25e-4 -> ~1.06e-4 instead of 1e-6. Set ``optim.ipe_scale: 1.0`` to reach ``final``.
+    """
+
+    start: float
+    final: float
+    t_max: float
+
+    def __call__(self, step: int) -> float:
+        progress = min(1.0, (step + 1) / max(1.0, self.t_max))
+        return self.start + progress * (self.final - self.start)
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """What one optimizer step uses."""
+
+    lr: float
+    weight_decay: float
+    ema: float
+
+
+@dataclass(frozen=True)
+class Schedules:
+    lr: Schedule
+    weight_decay: Schedule
+    ema: Schedule
+
+    def at(self, step: int) -> Hyperparams:
+        return Hyperparams(lr=self.lr(step), weight_decay=self.weight_decay(step), ema=self.ema(step))
+
+
+def build_schedules(cfg: OptimConfig, lr_scale: float = 1.0) -> Schedules:
+    """The recipe's schedules; ``lr_scale`` is the global-batch LR rule (train.optim.plan_batch)."""
+    if cfg.schedule == "warmup_constant":
+        lr: Schedule = WarmupConstant(cfg.start_lr * lr_scale, cfg.lr * lr_scale, cfg.warmup_steps)
+    else:
+        if cfg.warmup_steps:
+            raise ConfigError(f"optim.warmup_steps={cfg.warmup_steps}: the linear_decay (cooldown) schedule "
+                              "has no warmup; set it to 0")
+        # vjepa2.md 4.2 quirk: T_max is stretched by ipe_scale (1.25), so the decay stops short of final_lr.
+        lr = LinearDecay(cfg.lr * lr_scale, cfg.final_lr * lr_scale, cfg.total_steps * cfg.ipe_scale)
+    # vjepa2.md 4.2: WD 0.04 -> 0.04 and EMA [0.99925, 0.99925] make both schedules constants.
+    return Schedules(lr=lr, weight_decay=Constant(cfg.weight_decay), ema=Constant(cfg.ema))

@@ -1,0 +1,243 @@
+"""Sharded training checkpoints (torch.distributed.checkpoint) and their export to Meta's layout.
+
+A checkpoint is one directory ``step_<8 digits>/`` holding
+- the DCP shards of ``{"model": encoder/predictor/target_encoder, "optim": AdamW}``, addressed by fully
+  qualified parameter names, so it loads on any number of ranks (DCP reshards) or in one process;
+- ``train_state.json``: the step, the data position (global sample index), the mask-sampler counter, the
+  schedules' state and config, plus provenance: git revision, package versions, the resolved config.
+
+Every rank writes its shards to a local directory and hands it to ``ray.train.report``, which merges
+them into one directory in the run's storage and keeps ``num_to_keep`` of them (ray.md 2.6-2.7). The LR,
+WD and EMA schedules are pure functions of the step (train/schedules.py), so restoring the step restores
+them. Resuming checks the architecture first and refuses a mismatch with a message naming the fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import warnings
+from dataclasses import asdict, dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from pyarrow import fs as pafs
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from cluster import storage
+from cluster.config import flatten, from_dict, to_dict
+from cluster.errors import UserError
+from models.checkpoint import save_meta_checkpoint
+from models.config import ModelConfig
+from train.step import JEPA
+
+log = logging.getLogger(__name__)
+# DCP warns on every save/load without a process group; local mode and exports do that on purpose.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+STATE_FILE = "train_state.json"
+CHECKPOINT_PREFIX = "step_"
+FORMAT_VERSION = 1
+# Ray Train V2 records the checkpoint it will hand to restarted workers in this file of the run directory
+# (ray/train/v2/_internal/constants.py); reading it lets the data pipeline start where those workers resume.
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+GIT_REVISION_ENV = "VJEPA2_RAY_GIT_REVISION"
+PACKAGES = ("torch", "ray", "numpy", "mlflow", "pyarrow", "vjepa2-ray")
+# Fields that may change between phases without touching a weight: RoPE has no position table, so frames
+# and resolution change in the cooldown (progressive resolution, vjepa2.md 4.2).
+RESOLUTION_FIELDS = {"preset", "encoder.img_size", "encoder.num_frames", "predictor.square_grid"}
+
+
+class IncompatibleCheckpoint(UserError):
+    """A checkpoint whose architecture differs from the run's model config."""
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the weights and the optimizer, define where a run stands."""
+
+    step: int = 0  # optimizer steps done
+    samples_seen: int = 0  # data position: global index of the next sample
+    mask_step: int = 0  # mask-sampler counter: collator calls per rank so far
+
+    def advance(self, global_batch: int, grad_accum: int) -> None:
+        self.step += 1
+        self.samples_seen += global_batch
+        self.mask_step += grad_accum
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def git_revision(repo: Path | None = None) -> str:
+    """``<sha>`` (``+dirty`` with local changes) of the source tree, ``$VJEPA2_RAY_GIT_REVISION`` where
+    there is no git checkout (a ``ray job submit`` working dir), else ``unknown``."""
+    if os.environ.get(GIT_REVISION_ENV):
+        return os.environ[GIT_REVISION_ENV]
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}+dirty" if dirty else sha
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance(config: Any) -> dict[str, Any]:
+    """What produced a checkpoint: source revision, package versions, the resolved config."""
+    return {"git_revision": git_revision(), "packages": package_versions(),
+            "config": config if isinstance(config, dict) else to_dict(config)}
+
+
+def architecture(model_cfg: ModelConfig | dict[str, Any]) -> dict[str, Any]:
+    """The model config fields that decide tensor shapes (flattened, resolution fields left out)."""
+    data = model_cfg if isinstance(model_cfg, dict) else to_dict(model_cfg)
+    data = json.loads(json.dumps(data))  # the form a saved record has (tuples become lists)
+    return {k: v for k, v in flatten(data).items() if k not in RESOLUTION_FIELDS}
+
+
+def check_compatible(saved_model: dict[str, Any], model_cfg: ModelConfig, where: str) -> None:
+    """Raise :class:`IncompatibleCheckpoint` naming every architecture field that differs."""
+    saved, wanted = architecture(saved_model), architecture(model_cfg)
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} != run {wanted.get(k)!r}"
+             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    if diffs:
+        raise IncompatibleCheckpoint(f"{where}: checkpoint architecture does not match this run's model "
+                                     f"config ({'; '.join(diffs)}); use the model preset it was trained with "
+                                     "or start a new run (another run.name / output_dir)")
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _is_distributed() else 0
+
+
+def save_checkpoint(path: str | Path, jepa: JEPA, optimizer: torch.optim.Optimizer, state: TrainState,
+                    record: dict[str, Any]) -> None:
+    """Collective: every rank writes its shards to its own local ``path``; rank 0 adds ``train_state.json``.
+
+    ``record`` is :func:`provenance` plus whatever the caller adds (schedules, batch plan, MLflow run id).
+    """
+    Path(path).mkdir(parents=True, exist_ok=True)
+    model_sd, optim_sd = get_state_dict(jepa, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path), no_dist=not _is_distributed())
+    if _rank() == 0:
+        payload = {"format": FORMAT_VERSION, "state": asdict(state),
+                   "world_size": dist.get_world_size() if _is_distributed() else 1, **record}
+        Path(path, STATE_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """``train_state.json`` of a checkpoint directory (local path or s3:// URI)."""
+    state_uri = storage.join(str(path), STATE_FILE)
+    if not storage.exists(state_uri):
+        raise UserError(f"{path}: not a training checkpoint (no {STATE_FILE})")
+    try:
+        return json.loads(storage.read_bytes(state_uri))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{state_uri}: corrupt checkpoint record: {exc}") from exc
+
+
+def load_checkpoint(path: str | Path, jepa: JEPA, optimizer: torch.optim.Optimizer,
+                    model_cfg: ModelConfig) -> tuple[TrainState, dict[str, Any]]:
+    """Collective: restore weights and AdamW state into the (possibly sharded) ``jepa``; DCP reshards.
+
+    Returns the saved :class:`TrainState` and the checkpoint's record. The architecture is checked first.
+    """
+    record = read_record(str(path))
+    check_compatible(record["config"]["model"], model_cfg, str(path))
+    model_sd, optim_sd = get_state_dict(jepa, optimizer)
+    # get_state_dict gives a fresh AdamW state for every parameter, but parameters that never had a gradient
+    # (the unused mask tokens, vjepa2.md 2) have none in the checkpoint: ask only for what was saved.
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    optim_sd["state"] = {fqn: value for fqn, value in optim_sd["state"].items()
+                         if f"optim.state.{fqn}.step" in saved}
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path), no_dist=not _is_distributed())
+    set_model_state_dict(jepa, state["model"])
+    set_optimizer_state_dict(jepa, optimizer, state["optim"], options=StateDictOptions(strict=False))
+    return TrainState(**record["state"]), record
+
+
+def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The full (unsharded) model state of a checkpoint, read in one process without a process group."""
+    meta = dcp.FileSystemReader(str(path)).read_metadata()
+    model = {key[len("model."):]: torch.empty(entry.size, dtype=entry.properties.dtype)
+             for key, entry in meta.state_dict_metadata.items()
+             if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
+    dcp.load({"model": model}, checkpoint_id=str(path), no_dist=True)
+    return model
+
+
+def export_meta(path: str | Path, out: str, model_cfg: ModelConfig | None = None) -> str:
+    """Write checkpoint ``path`` in Meta's release layout (encoder, predictor, target_encoder) to ``out``.
+
+    The result loads with ``models.checkpoint.load_encoder`` / ``vjepa2-ray embed``; the training record
+    (step, git revision, config) rides along under ``vjepa2_ray_train``, a key Meta's loaders ignore.
+    """
+    record = read_record(str(path))
+    if model_cfg is None:
+        model_cfg = from_dict(ModelConfig, record["config"]["model"], origin_name=f"{path}/{STATE_FILE}")
+    full = read_model_state(path)
+    parts = {name: {k[len(name) + 1:]: v for k, v in full.items() if k.startswith(f"{name}.")}
+             for name in ("encoder", "predictor", "target_encoder")}
+    extra = {"epoch": record["state"]["step"], "vjepa2_ray_train": {
+        k: record.get(k) for k in ("state", "git_revision", "packages", "mlflow_run_id", "lineage", "world_size")}}
+    save_meta_checkpoint(out, parts["encoder"], parts["predictor"], parts["target_encoder"], model_cfg=model_cfg,
+                         extra=extra)
+    log.info("exported %s -> %s (Meta layout)", path, out)
+    return out
+
+
+def latest_checkpoint(run_uri: str, *, ray_managed: bool = True) -> str | None:
+    """The checkpoint a (re)started run resumes from.
+
+    Ray Train workers (``ray_managed``) resume from the checkpoint Ray registered last, which Ray records in
+    the run directory; a ``step_*`` directory that exists but is not registered yet (some rank's upload
+    still running) must not count. Local mode keeps no such record: there the newest ``step_*`` directory
+    with a ``train_state.json`` (written after its shards) is the one.
+    """
+    if ray_managed:
+        snapshot = storage.join(run_uri, RAY_SNAPSHOT_FILE)
+        if not storage.exists(snapshot):
+            return None
+        latest = json.loads(storage.read_bytes(snapshot)).get("latest_checkpoint_result")
+        return storage.join(run_uri, latest["checkpoint_dir_name"]) if latest else None
+    fs, root = storage.filesystem_for(run_uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
+                   and i.base_name.startswith(CHECKPOINT_PREFIX))
+    for name in reversed(names):
+        candidate = storage.join(run_uri, name)
+        if storage.exists(storage.join(candidate, STATE_FILE)):
+            return candidate
+    return None
