@@ -6,6 +6,9 @@ Steps (each prints what it did and where its results are):
                           clips per source logged to MLflow
   3. curation          -> Curated-YT1B over the sample world's yt1b pool (configs/curate/tiny.yaml):
                           curated manifest + report (HTML, plots, contact sheets)
+  4. pretraining       -> a short tiny V-JEPA 2 run on Ray Train (FSDP2 on gloo) over the VideoMix stream
+                          with the curated yt1b source; sharded checkpoints + a Meta-layout export
+  5. embed             -> encoder features of one sample-world clip from the exported checkpoint
 Everything goes through the same functions the CLI subcommands and a cluster run use.
 """
 
@@ -39,7 +42,9 @@ class DemoContext:
     seed: int
     data_samples: int
     results: dict[str, dict] = field(default_factory=dict)
+    train_steps: int = 10
     curated_manifest: str = ""
+    checkpoint: str = ""
 
     @property
     def world(self) -> Path:
@@ -103,10 +108,44 @@ def step_curation(ctx: DemoContext) -> dict:
             "scenes_contaminated": counts["scenes_contaminated"]}
 
 
+def step_pretrain(ctx: DemoContext) -> dict:
+    from train.config import PretrainConfig
+    from train.pretrain import pretrain
+
+    overrides = ctx.source_overrides() + [
+        f"data.sources.yt1b.manifest={ctx.curated_manifest}",
+        f"run.output_dir={ctx.workdir / 'runs' / 'demo' / 'pretrain'}",
+        f"optim.total_steps={ctx.train_steps}", f"trainer.checkpoint_every={ctx.train_steps}",
+        "tracking.experiment=" + DEMO_EXPERIMENT,
+    ]
+    result = pretrain(load_config(PretrainConfig, preset_path("pretrain", "tiny"), overrides))
+    ctx.checkpoint = result.export_path
+    losses = [loss for _, loss in sorted((result.worker.get("losses") or {}).items())]
+    return {"export": result.export_path, "checkpoint": result.checkpoint, "mlflow_run": result.mlflow_run_id,
+            "steps": ctx.train_steps, "loss_first_last": [losses[0], losses[-1]] if losses else None}
+
+
+def step_embed(ctx: DemoContext) -> dict:
+    import numpy as np
+
+    from eval.embed import embed_path
+    from models.checkpoint import load_encoder
+    from pipelines.manifest import read_manifest
+
+    encoder, model_cfg = load_encoder(ctx.checkpoint, key="target_encoder")
+    clip = read_manifest(str(ctx.world / "sources" / "kinetics" / "manifest.parquet"))["uri"][0].as_py()
+    feats = embed_path(encoder, model_cfg, clip, frames=model_cfg.encoder.num_frames)
+    out = ctx.workdir / "runs" / "demo" / "features.npy"
+    np.save(out, feats)
+    return {"input": clip, "features": str(out), "shape": list(feats.shape)}
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
     ("sample world", step_sample_world),
     ("VideoMix data pass (Ray Data)", step_data_pass),
     ("Curated-YT1B", step_curation),
+    ("V-JEPA 2 pretraining (Ray Train)", step_pretrain),
+    ("embed with the exported checkpoint", step_embed),
 ]
 
 
@@ -122,11 +161,11 @@ def start_local_ray() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-def run_demo(workdir: Path, seed: int = 0, data_samples: int = 64) -> DemoContext:
+def run_demo(workdir: Path, seed: int = 0, data_samples: int = 64, train_steps: int = 10) -> DemoContext:
     """Run every demo step in order; returns what each reported."""
     workdir = workdir.resolve()
     os.environ.setdefault(RUNS_ROOT_ENV, str(workdir / "runs"))
-    ctx = DemoContext(workdir=workdir, seed=seed, data_samples=data_samples)
+    ctx = DemoContext(workdir=workdir, seed=seed, data_samples=data_samples, train_steps=train_steps)
     start_local_ray()
     for number, (title, step) in enumerate(STEPS, start=1):
         print(f"[demo {number}/{len(STEPS)}] {title} ...", flush=True)
@@ -143,17 +182,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where data/ and runs/ go (default: the current directory)")
     parser.add_argument("--seed", type=int, default=0, help="sample-world seed")
     parser.add_argument("--data-samples", type=int, default=64, help="clips in the data pass")
+    parser.add_argument("--train-steps", type=int, default=10, help="tiny pretraining steps")
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging()
-    ctx = run_demo(args.workdir, seed=args.seed, data_samples=args.data_samples)
+    ctx = run_demo(args.workdir, seed=args.seed, data_samples=args.data_samples, train_steps=args.train_steps)
     summary = ctx.workdir / "runs" / "demo" / "summary.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.write_text(json.dumps(ctx.results, indent=2))
     uri = resolve_uri(TrackingConfig(), runs_root())
     print("\nDemo finished.")
     print(f"  sample world:   {ctx.world}")
+    print(f"  curated YT1B:   {ctx.curated_manifest} (report {ctx.curated_dir / 'report' / 'index.html'})")
+    print(f"  checkpoint:     {ctx.checkpoint} (Meta layout)")
     print(f"  step summary:   {summary}")
     print(f"  MLflow store:   {uri} (experiment '{DEMO_EXPERIMENT}')")
     print(f"  open the UI:    {ui_hint(uri)}")

@@ -72,3 +72,16 @@ def write_bytes(uri: str, data: bytes) -> None:
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     tmp.write_bytes(data)
     os.replace(tmp, target)
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem_for(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Files directly under a directory URI, sorted, skipping hidden and temporary (``.``/``_``) names."""
+    fs, path = filesystem_for(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    names = sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
+    return [join(uri, name) for name in names if not name.startswith((".", "_")) and name.endswith(suffix)]

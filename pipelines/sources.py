@@ -71,41 +71,51 @@ class ManifestRows:
 
     def __init__(self, uri: str):
         self.uri = str(uri)
-        self._file: pq.ParquetFile | None = None
+        self._files: dict[int, pq.ParquetFile] = {}
         self._csv: pa.Table | None = None
         if is_csv(self.uri):
             table = self._csv_table()
             self.group_rows = _virtual_groups(table.num_rows)
             self.columns = set(table.column_names)
         else:
-            meta = self._parquet().metadata
-            self.group_rows = np.array([meta.row_group(i).num_rows for i in range(meta.num_row_groups)], np.int64)
-            schema = self._parquet().schema_arrow
-            conform(schema.empty_table(), self.uri)  # fail fast on a wrong schema, before any row is read
-            self.columns = set(schema.names)
+            if not storage.exists(self.uri):
+                raise ManifestError(f"{self.uri}: manifest not found")
+            # A directory of Parquet parts (e.g. the curated YT1B manifest) reads as one manifest.
+            self.parts = storage.list_files(self.uri, ".parquet") if storage.is_dir(self.uri) else [self.uri]
+            if not self.parts:
+                raise ManifestError(f"{self.uri}: directory holds no .parquet manifest parts")
+            rows, self.group_part, self.group_local = [], [], []
+            for part in range(len(self.parts)):
+                meta = self._parquet(part).metadata
+                conform(self._parquet(part).schema_arrow.empty_table(), self.parts[part])  # fail before any row
+                for group in range(meta.num_row_groups):
+                    rows.append(meta.row_group(group).num_rows)
+                    self.group_part.append(part)
+                    self.group_local.append(group)
+            self.group_rows = np.array(rows, np.int64)
+            self.columns = set(self._parquet(0).schema_arrow.names)
         self.num_rows = int(self.group_rows.sum())
         if self.num_rows == 0:
             raise ManifestError(f"{self.uri}: manifest has no rows")
         self.group_offsets = np.concatenate([[0], np.cumsum(self.group_rows)])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None, "_csv": None}
+        return {**self.__dict__, "_files": {}, "_csv": None}
 
     def _csv_table(self) -> pa.Table:
         if self._csv is None:
             self._csv = read_manifest(self.uri)
         return self._csv
 
-    def _parquet(self) -> pq.ParquetFile:
-        if self._file is None:
-            if not storage.exists(self.uri):
-                raise ManifestError(f"{self.uri}: manifest not found")
-            fs, path = storage.filesystem_for(self.uri)
+    def _parquet(self, part: int) -> pq.ParquetFile:
+        if part not in self._files:
+            uri = self.parts[part]
+            fs, path = storage.filesystem_for(uri)
             try:
-                self._file = pq.ParquetFile(fs.open_input_file(path))
+                self._files[part] = pq.ParquetFile(fs.open_input_file(path))
             except (OSError, pa.ArrowException) as exc:
-                raise ManifestError(f"{self.uri}: unreadable manifest: {exc}") from exc
-        return self._file
+                raise ManifestError(f"{uri}: unreadable manifest: {exc}") from exc
+        return self._files[part]
 
     def read_group(self, group: int, columns: list[str]) -> pa.Table:
         """Row group ``group`` with ``columns`` (optional ones missing from the file come back null)."""
@@ -114,7 +124,9 @@ class ManifestRows:
             start = int(self.group_offsets[group])
             table = self._csv_table().slice(start, int(self.group_rows[group])).select(present)
         else:
-            table = conform_optional(self._parquet().read_row_group(group, columns=present), self.uri)
+            part = self.group_part[group]
+            table = self._parquet(part).read_row_group(self.group_local[group], columns=present)
+            table = conform_optional(table, self.parts[part])
         for name in columns:
             if name not in present:
                 table = table.append_column(name, pa.nulls(table.num_rows, pa.float64()))
