@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import tempfile
 from pathlib import Path
 
 import torch
@@ -53,12 +52,13 @@ def world_config(world: Path, out: Path, *overrides: str) -> PretrainConfig:
 
 
 @functools.cache
-def uninterrupted_losses(world: str, workers: int = 2) -> dict[int, float]:
+def uninterrupted_losses(world: str, session_tmp: str, workers: int = 2) -> dict[int, float]:
     """Per-step losses of an uninterrupted ``workers``-worker run; computed once per test session
-    (the resume and fault-tolerance tests compare against the same reference)."""
+    (the resume and fault-tolerance tests compare against the same reference). ``session_tmp``:
+    ``tmp_path_factory.getbasetemp()``, the same for the whole session."""
     from train.pretrain import pretrain
 
-    out = Path(tempfile.mkdtemp(prefix="vjepa2-reference-"))
+    out = Path(session_tmp) / f"reference-{workers}w"
     result = pretrain(world_config(Path(world), out, f"trainer.num_workers={workers}", "tracking.enabled=false"))
     assert result.worker["start_step"] == 0 and result.worker["final_step"] == TOTAL_STEPS
     return result.worker["losses"]

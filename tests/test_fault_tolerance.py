@@ -33,8 +33,8 @@ def _train_workers() -> list[psutil.Process]:
 
 
 @pytest.mark.slow
-def test_sigkilled_worker_is_replaced_and_resumes(ray_session, sample_world, runs_root, tmp_path):
-    reference = uninterrupted_losses(str(sample_world))
+def test_sigkilled_worker_is_replaced_and_resumes(ray_session, sample_world, runs_root, tmp_path, tmp_path_factory):
+    reference = uninterrupted_losses(str(sample_world), str(tmp_path_factory.getbasetemp()))
     out = tmp_path / "run"
     cfg = world_config(sample_world, out, "trainer.num_workers=2", "trainer.max_failures=1")
     outcome: dict[str, PretrainResult | BaseException] = {}

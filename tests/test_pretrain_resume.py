@@ -17,8 +17,8 @@ STOP = 3  # odd on purpose: checkpoints between two checkpoint_every steps, bloc
 
 
 @pytest.mark.slow
-def test_stop_resume_and_reshard(ray_session, sample_world, runs_root, tmp_path):
-    reference = uninterrupted_losses(str(sample_world))
+def test_stop_resume_and_reshard(ray_session, sample_world, runs_root, tmp_path, tmp_path_factory):
+    reference = uninterrupted_losses(str(sample_world), str(tmp_path_factory.getbasetemp()))
     out = tmp_path / "run"
 
     first = pretrain(world_config(sample_world, out, "trainer.num_workers=2", f"trainer.stop_after={STOP}",
