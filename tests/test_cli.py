@@ -35,7 +35,8 @@ def _one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 def test_bad_config_is_one_line_naming_key_and_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("_base_: %s\ntrainer: {num_wrkers: 2}\n" % (Path("configs/pretrain/tiny.yaml").resolve()))
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
+    bad.write_text(f"_base_: {tiny}\ntrainer: {{num_wrkers: 2}}\n")
     line = _one_line_error(_run("pretrain", "--config", str(bad), cwd=tmp_path))
     assert "bad.yaml" in line and "trainer.num_wrkers" in line
 
