@@ -70,17 +70,19 @@ def plan(reader: decode.VideoReader, request: ClipRequest, clip: ClipConfig, min
     return clip_indices(start, stop, frame_step(reader.fps, clip.fps), clip.frames_per_clip, rng)
 
 
-def make_clip(request: ClipRequest, cfg: DataConfig) -> np.ndarray:
-    """Fetch, decode and augment one request: uint8 [frames_per_clip, crop, crop, 3]."""
+def make_clip(request: ClipRequest, cfg: DataConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """Fetch, decode and augment one request: uint8 [frames_per_clip, crop, crop, 3] (into ``out`` if given)."""
     rng = np.random.default_rng(request.window_seed)
     media = decode.fetch(request.uri, cfg.max_video_bytes)
     if request.kind == "image" or decode.is_image(request.uri):
-        image = decode.read_image(media)
-        one = transforms.augment(image[None], cfg.clip, rng)
-        return np.repeat(one, cfg.clip.frames_per_clip, axis=0)
+        one = transforms.augment(decode.read_image(media)[None], cfg.clip, rng)
+        if out is None:
+            return np.repeat(one, cfg.clip.frames_per_clip, axis=0)
+        out[...] = one
+        return out
     reader = decode.open_video(media, cfg.decoder, cfg.decoder_threads)
     try:
         frames = reader.get_frames(plan(reader, request, cfg.clip, cfg.min_frames, rng))
     finally:
         reader.close()
-    return transforms.augment(frames, cfg.clip, rng)
+    return transforms.augment(frames, cfg.clip, rng, out)

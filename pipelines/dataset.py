@@ -56,31 +56,29 @@ class ClipDecoder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["sample_id"])
-        clips, keep, labels, redraws = [], [], [], []
+        c = self.cfg.clip
+        clips = np.empty((n, c.frames_per_clip, c.crop_size, c.crop_size, 3), np.uint8)  # decoded in place
+        keep, labels, redraws = [], [], []
         for i in range(n):
             record = {name: batch[name][i] for name in ("sample_id", "source", "uri", "label", "window_seed",
                                                         "start_s", "end_s")}
-            clip, label, attempts = self.decode_one(record)
+            label, attempts = self.decode_one(record, clips[i])
             redraws.append(attempts)
-            if clip is not None:
-                clips.append(clip)
+            if label is not None:
                 keep.append(i)
                 labels.append(label)
         self.quarantine.flush()
-        c = self.cfg.clip
-        keep_idx = np.asarray(keep, np.int64)
-        redraw_counts = np.asarray(redraws, np.int64)
+        kept = np.asarray(keep, np.int64)
         return {
-            "clip": np.stack(clips) if clips else np.zeros((0, c.frames_per_clip, c.crop_size, c.crop_size, 3),
-                                                          np.uint8),
-            "source": np.asarray(batch["source"], np.int64)[keep_idx],
+            "clip": clips if len(keep) == n else clips[kept],
+            "source": np.asarray(batch["source"], np.int64)[kept],
             "label": np.asarray(labels, np.int64),
-            "sample_id": np.asarray(batch["sample_id"], np.int64)[keep_idx],
-            "redraws": redraw_counts[keep_idx],
+            "sample_id": np.asarray(batch["sample_id"], np.int64)[kept],
+            "redraws": np.asarray(redraws, np.int64)[kept],
         }
 
-    def decode_one(self, record: dict[str, Any]) -> tuple[np.ndarray | None, int, int]:
-        """(clip or None, label, number of redraws it took)."""
+    def decode_one(self, record: dict[str, Any], out: np.ndarray) -> tuple[int | None, int]:
+        """Decode ``record`` (or its redraws) into ``out``; (label, or None if every redraw failed; redraws)."""
         sample_id, source = int(record["sample_id"]), int(record["source"])
         name = self.index.names[source]
         for attempt in range(self.cfg.max_redraws + 1):
@@ -89,12 +87,13 @@ class ClipDecoder:
             request = ClipRequest(str(record["uri"]), int(record["window_seed"]), self.index.kinds[source],
                                   _bound(record["start_s"]), _bound(record["end_s"]))
             try:
-                return make_clip(request, self.cfg), int(record["label"]), attempt
+                make_clip(request, self.cfg, out)
+                return int(record["label"]), attempt
             except SampleError as err:
                 self.quarantine.add(RejectRecord.from_error(err, request.uri, name, sample_id))
         self.quarantine.add(RejectRecord("", name, "redraws_exhausted", "sample",
                                          f"{self.cfg.max_redraws} redraws failed", sample_id))
-        return None, -1, self.cfg.max_redraws
+        return None, self.cfg.max_redraws
 
 
 def _bound(value: Any) -> float | None:

@@ -63,10 +63,6 @@ class SourceIndex:
     group_weight: np.ndarray  # float64 per group: rows count (uniform) or the sum of the weight column
     weighted: bool
 
-    @property
-    def cumulative(self) -> np.ndarray:
-        return np.cumsum(self.group_weight)
-
     def locate(self, group: int, u: np.ndarray, group_table: pa.Table) -> np.ndarray:
         """Row offsets inside ``group`` for positions ``u``: uniform, or by the group's weight column."""
         size = int(self.rows.group_rows[group])
@@ -87,7 +83,7 @@ class ClipIndex:
         weights = np.array([s.weight for s in sources], np.float64)
         self._ids = np.array([s.source_id for s in sources], np.int64)
         self._cum_weight = np.cumsum(weights / weights.sum())
-        self._cum_groups = {s.source_id: s.cumulative for s in sources}
+        self._cum_groups = {s.source_id: np.cumsum(s.group_weight) for s in sources}
 
     @classmethod
     def build(cls, cfg: DataConfig) -> ClipIndex:

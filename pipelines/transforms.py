@@ -81,24 +81,30 @@ def resize_bilinear(frames: np.ndarray, size: int) -> np.ndarray:
     return _lerp(rows[:, :, low], rows[:, :, high], w[None, None, :, None])
 
 
-def resized_crop(frames: np.ndarray, box: CropBox, size: int, flip: bool) -> np.ndarray:
+def resized_crop(frames: np.ndarray, box: CropBox, size: int, flip: bool, out: np.ndarray | None = None) -> np.ndarray:
     """Crop ``frames`` (uint8 [T, H, W, 3]) to ``box``, resize to size x size, optionally mirror; uint8 out.
 
     Bilinear with ``align_corners=False`` as Meta's video transform (vjepa2.md 5.5); the result is
-    rounded back to uint8 (at most 0.5/255 from Meta's float path).
+    rounded back to uint8 (at most 0.5/255 from Meta's float path). ``out``: write there (a row of the
+    decode batch) instead of allocating.
     """
     crop = frames[:, box.top:box.top + box.height, box.left:box.left + box.width]
-    out = resize_bilinear(crop, size)
+    resized = resize_bilinear(crop, size)
+    np.rint(resized, out=resized)
+    np.clip(resized, 0, 255, out=resized)
     if flip:
-        out = out[:, :, ::-1]
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        resized = resized[:, :, ::-1]
+    if out is None:
+        return resized.astype(np.uint8)
+    np.copyto(out, resized, casting="unsafe")
+    return out
 
 
-def augment(frames: np.ndarray, cfg: ClipConfig, rng: np.random.Generator) -> np.ndarray:
+def augment(frames: np.ndarray, cfg: ClipConfig, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
     """One crop box and one flip decision for the whole clip (vjepa2.md 5.5)."""
     box = random_resized_crop_box(frames.shape[1], frames.shape[2], cfg.rrc_scale, cfg.rrc_ratio, rng)
     flip = bool(cfg.horizontal_flip and rng.random() < 0.5)
-    return resized_crop(frames, box, cfg.crop_size, flip)
+    return resized_crop(frames, box, cfg.crop_size, flip, out)
 
 
 def normalize(clips: torch.Tensor) -> torch.Tensor:
