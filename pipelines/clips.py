@@ -33,7 +33,8 @@ def frame_step(video_fps: float, target_fps: float) -> int:
     """vjepa2.md 5.3: step = ceil(avg_fps) / fps, truncated (7 for 30 fps at 4 fps); at least 1."""
     if video_fps <= 0 or target_fps <= 0:
         return 1
-    return max(1, int(math.ceil(video_fps) / target_fps))
+    # round first: torchcodec reports e.g. 15.000000000000002, which ceil would turn into 16
+    return max(1, int(math.ceil(round(video_fps, 3)) / target_fps))
 
 
 def scene_frames(num_frames: int, fps: float, start_s: float | None, end_s: float | None) -> tuple[int, int]:
