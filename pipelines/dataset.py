@@ -5,7 +5,8 @@
     ClipIndex.draws(epoch, start, stop)   seeded weighted i.i.d. (source, row group, u, window seed)
       -> ClipIndex.resolve                one streamed pass over the needed manifest row groups (driver)
       -> from_arrow                       blocks of ``rows_per_call`` requests (~1 KB each)
-      -> map_batches(ClipDecoder)         ActorPoolStrategy(size=num_decode_workers), num_cpus=decode_cpus:
+      -> map_batches(ClipDecoder)         ActorPoolStrategy(size=num_decode_workers), num_cpus=decode_cpus,
+                                          decode_calls_per_worker calls queued per actor (one runs at a time):
                                           fetch, decode, crop, flip; bad samples quarantined and redrawn
       -> Dataset {clip uint8 [T,H,W,3], source, label, sample_id, redraws}
 
@@ -107,14 +108,25 @@ def rows_per_call(cfg: DataConfig) -> int:
     return max(1, min(cfg.decode_batch_size, int(cfg.decode_block_mb * 2**20 // clip_bytes)))
 
 
+def decode_pool_args(cfg: DataConfig) -> dict[str, Any]:
+    """``map_batches`` arguments of the decode actor pool: its size, CPU budget, queued calls, environment."""
+    import ray
+
+    args: dict[str, Any] = {
+        "compute": ray.data.ActorPoolStrategy(size=cfg.num_decode_workers,
+                                              max_concurrent_calls_per_actor=cfg.decode_calls_per_worker),
+        "num_cpus": cfg.decode_cpus,
+    }
+    if cfg.worker_env:
+        args["runtime_env"] = {"env_vars": dict(cfg.worker_env)}
+    return args
+
+
 def decode_dataset(requests: pa.Table, cfg: DataConfig, index: ClipIndex, epoch: int,
                    rejects_dir: str | None = None):
     """Ray Dataset of decoded clips for resolved ``requests`` (the output of ``ClipIndex.resolve``)."""
     import ray
 
-    remote_args: dict[str, Any] = {}
-    if cfg.worker_env:
-        remote_args["runtime_env"] = {"env_vars": dict(cfg.worker_env)}
     # One block per decode call, built here: no read tasks, so no extra worker processes (~115 MB each)
     # on the decode nodes. take() copies: a pickled slice would carry the whole table's buffers.
     n = rows_per_call(cfg)
@@ -125,9 +137,7 @@ def decode_dataset(requests: pa.Table, cfg: DataConfig, index: ClipIndex, epoch:
         fn_constructor_kwargs={"cfg": cfg, "index": index, "epoch": epoch, "rejects_dir": rejects_dir},
         batch_size=n,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_decode_workers),
-        num_cpus=cfg.decode_cpus,
-        **remote_args,
+        **decode_pool_args(cfg),
     )
     ds.context.execution_options.preserve_order = cfg.preserve_order
     return ds

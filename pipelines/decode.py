@@ -81,9 +81,21 @@ class VideoReader(Protocol):
     def close(self) -> None: ...
 
 
+def import_decord():
+    """decord, imported after PyAV: decord loads its bundled FFmpeg 4.1 and libvpx 6.4 with RTLD_GLOBAL.
+
+    Imported first, those global symbols capture PyAV's later-resolved libvpx calls, and PyAV's VP9
+    encoder (sample world, renders) fails with EINVAL in any process that decoded with decord before.
+    """
+    import av  # noqa: F401  (load order only)
+    import decord
+
+    return decord
+
+
 class DecordReader:
     def __init__(self, src: Media, threads: int = 1):
-        import decord
+        decord = import_decord()
 
         try:
             self._vr = decord.VideoReader(src, ctx=decord.cpu(0), num_threads=threads)

