@@ -62,6 +62,9 @@ class DataConfig:
     # ... but one call's output stays under this size: Ray Data budgets the object store per operator, and
     # blocks over ~1/12 of the store leave a single decode task in flight (300 MB store: 30 vs 48 clips/s).
     decode_block_mb: float = 24.0
+    # Samples resolved into clip requests per Ray Data read task; a stream up to this long is resolved in the
+    # driver. 2^20 requests: ~100 MB, ~1.2 s over a 10M-row manifest (bench/index_scale.py).
+    resolve_window: int = 1 << 20
     preserve_order: bool = True  # deterministic sample order (exact resume with one consumer)
     rejects_dir: str = ""  # "" -> <run output>/rejects
     min_frames: int = 2  # videos with fewer frames are quarantined

@@ -3,8 +3,10 @@
 ::
 
     ClipIndex.draws(epoch, start, stop)   seeded weighted i.i.d. (source, row group, u, window seed)
-      -> ClipIndex.resolve                one streamed pass over the needed manifest row groups (driver)
-      -> from_arrow                       blocks of ``rows_per_call`` requests (~1 KB each)
+      -> ClipIndex.resolve                one streamed pass over the needed manifest row groups: in the
+                                          driver for up to ``resolve_window`` samples, else one Ray Data read
+                                          task per window (pipelines.request_source), lazily
+      -> blocks of ``rows_per_call`` requests (~1 KB each), one per decode call
       -> map_batches(ClipDecoder)         ActorPoolStrategy(size=num_decode_workers), num_cpus=decode_cpus,
                                           decode_calls_per_worker calls queued per actor (one runs at a time):
                                           fetch, decode, crop, flip; bad samples quarantined and redrawn
@@ -127,15 +129,20 @@ def decode_dataset(requests: pa.Table, cfg: DataConfig, index: ClipIndex, epoch:
     """Ray Dataset of decoded clips for resolved ``requests`` (the output of ``ClipIndex.resolve``)."""
     import ray
 
+    from pipelines.request_source import split_blocks
+
     # One block per decode call, built here: no read tasks, so no extra worker processes (~115 MB each)
-    # on the decode nodes. take() copies: a pickled slice would carry the whole table's buffers.
-    n = rows_per_call(cfg)
-    blocks = [requests.take(np.arange(at, min(at + n, requests.num_rows))) for at in range(0, requests.num_rows, n)]
-    ds = ray.data.from_arrow(blocks or [requests])
-    ds = ds.map_batches(
+    # on the decode nodes.
+    blocks = list(split_blocks(requests, rows_per_call(cfg)))
+    return _decode(ray.data.from_arrow(blocks or [requests]), cfg, index, epoch, rejects_dir)
+
+
+def _decode(requests, cfg: DataConfig, index: ClipIndex, epoch: int, rejects_dir: str | None):
+    """The decode actor pool over a Dataset of request blocks (``rows_per_call`` rows each)."""
+    ds = requests.map_batches(
         ClipDecoder,
         fn_constructor_kwargs={"cfg": cfg, "index": index, "epoch": epoch, "rejects_dir": rejects_dir},
-        batch_size=n,
+        batch_size=rows_per_call(cfg),
         batch_format="numpy",
         **decode_pool_args(cfg),
     )
@@ -149,12 +156,26 @@ def build_train_dataset(data_cfg: DataConfig, *, epoch: int, samples: int, start
 
     Columns (numeric only, ready for ``iter_torch_batches``): clip uint8 [T, H, W, 3], source, label,
     sample_id, redraws. Resume after ``k`` global steps with ``start_sample = k x global_batch``.
+    A stream of up to ``data.resolve_window`` samples is resolved here, in the driver; a longer one
+    (a whole run) window by window in Ray Data read tasks (:mod:`pipelines.request_source`).
     """
+    import ray
+
+    from pipelines.request_source import ClipRequestSource
+
     index = index or ClipIndex.build(data_cfg)
-    requests = index.resolve(index.draws(epoch, start_sample, samples))
-    log.info("epoch %d: %d clip requests (samples %d..%d) over %s", epoch, requests.num_rows, start_sample,
-             samples, ", ".join(f"{k} {v:.3f}" for k, v in index.shares().items()))
-    return decode_dataset(requests, data_cfg, index, epoch, rejects_dir or data_cfg.rejects_dir or None)
+    rejects_dir = rejects_dir or data_cfg.rejects_dir or None
+    log.info("epoch %d: samples %d..%d over %s", epoch, start_sample, samples,
+             ", ".join(f"{k} {v:.3f}" for k, v in index.shares().items()))
+    source = ClipRequestSource(index, epoch, start_sample, samples, data_cfg.resolve_window, rows_per_call(data_cfg))
+    if len(source.windows) <= 1:
+        return decode_dataset(index.resolve(index.draws(epoch, start_sample, samples)), data_cfg, index, epoch,
+                              rejects_dir)
+    log.info("%d request windows of %d samples, resolved by read tasks as the stream advances",
+             len(source.windows), data_cfg.resolve_window)
+    requests = ray.data.read_datasource(source, num_cpus=data_cfg.decode_cpus,
+                                        override_num_blocks=len(source.windows))
+    return _decode(requests, data_cfg, index, epoch, rejects_dir)
 
 
 def train_data_config(data_cfg: DataConfig):

@@ -9,6 +9,7 @@ import math
 import threading
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import ray
 import torch
@@ -25,6 +26,8 @@ from pipelines.dataset import (
     rows_per_call,
     train_data_config,
 )
+from pipelines.request_source import ClipRequestSource, window_bounds
+from pipelines.sampling import ClipIndex
 from pipelines.transforms import normalize
 from train.config import default_masks
 from train.masks import sample_masks
@@ -57,6 +60,36 @@ def test_ray_pass_equals_the_local_iterator_and_resumes_exactly(ray_session, sam
     for key in OUTPUT_COLUMNS:
         assert np.array_equal(ray_rows[key], resumed[key]), key
         assert np.array_equal(resumed[key], uninterrupted[key][16:]), key
+
+
+def test_a_long_stream_is_resolved_by_read_tasks_not_the_driver(ray_session, sample_world, monkeypatch):
+    cfg = world_config(sample_world, resolve_window=8)
+    expected = concat(list(iter_local_batches(cfg, 4, epoch=2, samples=30, start_sample=6, drop_last=False)))
+
+    def driver_resolve(*_args, **_kwargs):
+        raise AssertionError("the driver resolved requests; read tasks should")
+
+    monkeypatch.setattr(ClipIndex, "resolve", driver_resolve)  # this process only: workers import their own
+    ds = build_train_dataset(cfg, epoch=2, samples=30, start_sample=6)
+    rows = concat(list(ds.iter_batches(batch_size=4, batch_format="numpy")))
+    assert rows["sample_id"].tolist() == list(range(6, 30))
+    for key in OUTPUT_COLUMNS:
+        assert np.array_equal(rows[key], expected[key]), key
+
+
+def test_request_windows_cover_the_range_lazily_and_resolve_like_the_driver(sample_world):
+    cfg = world_config(sample_world)
+    index = ClipIndex.build(cfg)
+    assert window_bounds(5, 23, 8) == [(5, 13), (13, 21), (21, 23)]
+    with pytest.raises(ValueError, match="resolve_window"):
+        window_bounds(0, 10, 0)
+    run = ClipRequestSource(index, 0, 0, 240_000 * 3072, 1 << 20, 8)  # the paper's ViT-g run: nothing resolved
+    tasks = run.get_read_tasks(parallelism=4)
+    assert len(tasks) == 704 and sum(t.metadata.num_rows for t in tasks) == 240_000 * 3072
+    small = ClipRequestSource(index, 3, 10, 31, 16, 4).get_read_tasks(parallelism=1)
+    blocks = [block for task in small for block in task()]
+    assert [b.num_rows for b in blocks] == [4, 4, 4, 4, 4, 1]  # windows [10, 26) and [26, 31), 4 rows per call
+    assert pa.concat_tables(blocks).equals(index.resolve(index.draws(3, 10, 31)))
 
 
 def test_streaming_split_shards_are_distinct_and_follow_the_mix(ray_session, sample_world):
