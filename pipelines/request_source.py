@@ -24,11 +24,16 @@ from pipelines.sampling import REQUESTS_SCHEMA, ClipIndex
 REQUEST_BYTES = 96  # in-memory size of one resolved request row on the sample world (URI strings dominate)
 
 
-def window_bounds(start: int, stop: int, window: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` cut into consecutive ranges of at most ``window`` samples."""
+def window_bounds(start: int, stop: int, window: int, block: int = 1) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into consecutive ranges of ``window`` samples rounded down to whole ``block``s.
+
+    Whole blocks per window keep the block stream (and Ray Train's deal of blocks to ranks) the one a
+    driver-side resolve makes: a short block at each window's end would shift every later block.
+    """
     if window < 1:
         raise ValueError(f"data.resolve_window must be >= 1, got {window}")
-    return [(at, min(at + window, stop)) for at in range(start, stop, window)]
+    size = max(block, window - window % block)
+    return [(at, min(at + size, stop)) for at in range(start, stop, size)]
 
 
 def split_blocks(requests: pa.Table, rows_per_block: int) -> Iterator[pa.Table]:
@@ -51,9 +56,7 @@ class ClipRequestSource(Datasource):
     def __init__(self, index: ClipIndex, epoch: int, start: int, stop: int, window: int, rows_per_block: int):
         self.index = index
         self.epoch = epoch
-        # Whole blocks per window, so the block stream (and Ray Train's deal of blocks to ranks) is the one a
-        # driver-side resolve makes: a short block at each window's end would shift every later block.
-        self.windows = window_bounds(start, stop, max(rows_per_block, window - window % rows_per_block))
+        self.windows = window_bounds(start, stop, window, rows_per_block)
         self.rows_per_block = rows_per_block
 
     def estimate_inmemory_data_size(self) -> int:

@@ -81,8 +81,10 @@ def test_request_windows_cover_the_range_lazily_and_resolve_like_the_driver(samp
     cfg = world_config(sample_world)
     index = ClipIndex.build(cfg)
     assert window_bounds(5, 23, 8) == [(5, 13), (13, 21), (21, 23)]
+    assert window_bounds(0, 20, 10, block=4) == [(0, 8), (8, 16), (16, 20)]  # whole decode blocks
+    assert window_bounds(0, 5, 2, block=4) == [(0, 4), (4, 5)]
     with pytest.raises(ValueError, match="resolve_window"):
-        window_bounds(0, 10, 0)
+        ClipRequestSource(index, 0, 0, 10, 0, 4)
     run = ClipRequestSource(index, 0, 0, 240_000 * 3072, 1 << 20, 8)  # the paper's ViT-g run: nothing resolved
     tasks = run.get_read_tasks(parallelism=4)
     assert len(tasks) == 704 and sum(t.metadata.num_rows for t in tasks) == 240_000 * 3072
