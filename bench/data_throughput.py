@@ -90,7 +90,8 @@ class TreeMonitor:
         return sum(self.cpu.values()) - self.own_cpu
 
     def cpu_by_process(self, since: dict[int, float]) -> dict[str, float]:
-        """CPU seconds per process name since the ``since`` snapshot of ``self.cpu`` (where the time went)."""
+        """CPU seconds per process name since the ``since`` snapshot of ``self.cpu`` (where the time went;
+        "consumer" includes this monitor's own sampling)."""
         out: dict[str, float] = {}
         for pid, cpu in self.cpu.items():
             out[self.names[pid]] = out.get(self.names[pid], 0.0) + cpu - since.get(pid, 0.0)
@@ -126,9 +127,7 @@ def ray_batches(spec: dict, cfg: DataConfig, index: ClipIndex, marks: dict):
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=len(spec["cores"]), object_store_memory=spec["object_store_mb"] * 2**20,
              include_dashboard=False, log_to_driver=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.override_object_store_memory_limit_fraction = spec.get("data_store_fraction")
+    ray.data.DataContext.get_current().enable_progress_bars = False
     marks["init_s"] = time.perf_counter() - t0
     ds = decode_dataset(pq.read_table(spec["requests"]), cfg, index, epoch=0)
     yield from ds.iter_batches(batch_size=spec["batch"], batch_format="numpy")
