@@ -41,7 +41,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.config import from_dict
+from core.config import from_dict
 from pipelines.clips import ClipRequest, make_clip
 from pipelines.config import ClipConfig, DataConfig, videomix22m_sources
 from pipelines.sampling import ClipIndex

@@ -31,14 +31,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from cluster.config import load_config
-from cluster.redact import setup_logging
 from configs import preset_path
+from core.config import load_config
+from core.redact import setup_logging
 from eval.embed import embed_path
 from models.checkpoint import load_encoder
 from models.config import ModelConfig
-from pipelines.collate import Collator
 from pipelines.dataset import build_train_dataset
+from train.collate import Collator
 from train.config import PretrainConfig
 from train.health import StepTiming, Throughput
 from train.loop import setup_training

@@ -2,9 +2,8 @@
 
 Each subcommand is a module with ``add_arguments(parser)`` and ``run(args) -> int`` and a docstring
 whose first line is its help. The same module runs as ``python -m <module>`` (so
-``ray job submit -- python -m train.pretrain ...`` works) through :func:`module_main`.
-A :class:`~cluster.errors.UserError` (bad config, manifest, data directory, checkpoint) becomes one
-line on stderr and exit code 2.
+``ray job submit -- python -m train.pretrain ...`` works) through :func:`core.entry.module_main`.
+A :class:`~core.errors.UserError` becomes one line on stderr and exit code 2 (``core/entry.py``).
 """
 
 from __future__ import annotations
@@ -14,12 +13,12 @@ import importlib
 import sys
 from types import ModuleType
 
-from cluster.errors import UserError
+from core.entry import run_module
 
 # subcommand -> module; add a line here when a package grows an entry point.
 SUBCOMMANDS: dict[str, str] = {
     "demo": "cluster.demo",
-    "sample-world": "pipelines.sample_world",
+    "sample-world": "pipelines.sample_world.build",
     "validate-data": "pipelines.validate",
     "transcode": "pipelines.transcode",
     "init-checkpoint": "train.init_checkpoint",
@@ -32,25 +31,6 @@ SUBCOMMANDS: dict[str, str] = {
 
 def _describe(module: ModuleType) -> str:
     return (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
-
-
-def _run(module: ModuleType, args: argparse.Namespace) -> int:
-    try:
-        return int(module.run(args) or 0)
-    except UserError as exc:
-        print(f"vjepa2-ray: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def module_main(module_name: str, argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m <module>`` (called with ``__name__``, i.e. ``"__main__"``)."""
-    module = importlib.import_module(module_name)
-    if module_name == "__main__" and module.__spec__ is not None:
-        module_name = module.__spec__.name  # the dotted name `python -m` was given
-    parser = argparse.ArgumentParser(prog=f"python -m {module_name}", description=module.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    module.add_arguments(parser)
-    return _run(module, parser.parse_args(argv))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # imported lazily: `vjepa2-ray --help` must not pay for torch and ray
             sub.add_parser(name, help=f"(python -m {module_name})")
     args = parser.parse_args(argv)
-    return _run(args._module, args)
+    return run_module(args._module, args)
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cluster.cli import module_main
-from cluster.config import load_config
-from cluster.redact import setup_logging
-from cluster.tracking import RUNS_ROOT_ENV, TrackingConfig, resolve_uri, runs_root, start_run, ui_hint
 from configs import preset_path
+from core.config import load_config
+from core.entry import module_main
+from core.ray_session import RayConfig, connect
+from core.redact import setup_logging
+from core.tracking import RUNS_ROOT_ENV, TrackingConfig, resolve_uri, runs_root, start_run, ui_hint
 
 log = logging.getLogger("vjepa2_ray.demo")
 
@@ -149,16 +150,9 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
 ]
 
 
-def start_local_ray() -> None:
-    """A local Ray instance sized for a laptop: logical CPUs above the cores so decode actors and a
-    trainer fit together (ray.md 3.1), a small object store, dashboard off, never a remote cluster."""
-    import ray
-    from ray.data import DataContext
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), object_store_memory=512 * 1024**2,
-                 include_dashboard=False, log_to_driver=False)
-    DataContext.get_current().enable_progress_bars = False
+# A local Ray sized for a laptop: logical CPUs above the cores so decode actors and a trainer fit together
+# (ray.md 3.1), a small object store, never a remote cluster.
+DEMO_RAY = RayConfig(address="local", num_cpus=max(4, os.cpu_count() or 1), object_store_mb=512, log_to_driver=False)
 
 
 def run_demo(workdir: Path, seed: int = 0, data_samples: int = 64, train_steps: int = 10) -> DemoContext:
@@ -166,7 +160,7 @@ def run_demo(workdir: Path, seed: int = 0, data_samples: int = 64, train_steps: 
     workdir = workdir.resolve()
     os.environ.setdefault(RUNS_ROOT_ENV, str(workdir / "runs"))
     ctx = DemoContext(workdir=workdir, seed=seed, data_samples=data_samples, train_steps=train_steps)
-    start_local_ray()
+    connect(DEMO_RAY)
     for number, (title, step) in enumerate(STEPS, start=1):
         print(f"[demo {number}/{len(STEPS)}] {title} ...", flush=True)
         start = time.perf_counter()

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cluster.errors import UserError
-from cluster.tracking import TrackingConfig
+from core.errors import UserError
+from core.ray_session import RayConfig
+from core.tracking import TrackingConfig
 
 
 @dataclass
@@ -134,7 +135,7 @@ class CurationConfig:
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    ray_address: str = ""  # "" -> attach to a running Ray if the process has one, else start local
+    ray: RayConfig = field(default_factory=RayConfig)
     # Cosine around the pool's mean embedding (kmeans.center) for clustering, retrieval and
     # decontamination; the decontamination thresholds in decontam.py assume it is on.
     center: bool = True

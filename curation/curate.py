@@ -14,31 +14,20 @@ import argparse
 import logging
 from pathlib import Path
 
-from cluster.config import flatten, load_config
-from cluster.redact import setup_logging
-from cluster.tracking import start_run
+from core.config import flatten, load_config
+from core.ray_session import connect
+from core.redact import setup_logging
+from core.tracking import start_run
 from curation.config import CurationConfig
 from curation.pipeline import Curation, CurationResult, StageTiming
 
 log = logging.getLogger(__name__)
 
 
-def connect_ray(address: str) -> None:
-    """Join the Ray this process already has, the cluster at ``address``, or (``""``) whatever
-    ``ray.init`` finds (``RAY_ADDRESS`` under ``ray job submit``, else a new local instance)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address or None, include_dashboard=False)
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False  # each stage logs its own progress
-
-
 def curate(cfg: CurationConfig) -> CurationResult:
     """Run the whole build under one MLflow run (stage counts and timings as metrics, report as artifacts)."""
     cfg.check()
-    connect_ray(cfg.ray_address)
+    connect(cfg.ray)
     with start_run(cfg.tracking, cfg, tags={"command": "curate"}, run_name=cfg.name) as run:
 
         def on_stage(timing: StageTiming) -> None:
@@ -73,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from cluster.cli import module_main
+    from core.entry import module_main
 
     raise SystemExit(module_main(__name__))

@@ -23,15 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cluster import storage
-from cluster.errors import UserError
+from core import storage
+from core.errors import UserError
 from curation.config import EmbedderConfig
+from pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-lite was trained on (x - 127) / 128 (TF efficientnet_lite_builder MEAN_RGB/STDDEV_RGB).
 LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3

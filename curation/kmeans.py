@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from cluster import storage
-from cluster.errors import UserError
+from core import storage
+from core.errors import UserError
 
 log = logging.getLogger(__name__)
 

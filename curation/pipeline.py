@@ -47,9 +47,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cluster import storage
-from cluster.config import to_dict
-from cluster.errors import UserError
+from core import storage
+from core.config import to_dict
+from core.errors import UserError
+from core.ray_session import worker_runtime_env
 from curation import decontam, kmeans, report, retrieval, shards
 from curation.config import CurationConfig, EmbedderConfig, SceneConfig
 from pipelines.manifest import read_manifest
@@ -67,10 +68,6 @@ MANIFEST_COLUMNS = ["uri", "label", "duration_s", "fps", "num_frames", "bytes", 
                     "weight", "cluster_id"]
 EMBEDDING_SUM = "embedding_sum"  # footer key: float64 sum of a shard's embeddings
 CLEAN_ROWS = "clean_rows"  # footer key: rows of a decontam shard that are not contaminated
-# Non-secret variables that tell a worker which object store to talk to. Credentials are never
-# forwarded: workers get them as every AWS client does (instance role, their env, a credentials file).
-STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-                    "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED")
 
 
 @dataclass
@@ -116,11 +113,6 @@ class CurationResult:
 # Ray plumbing
 
 
-def _storage_runtime_env() -> dict[str, Any] | None:
-    env = {k: os.environ[k] for k in STORAGE_ENV_VARS if os.environ.get(k)}
-    return {"env_vars": env} if env else None
-
-
 def _cluster_gpus() -> float:
     import ray
 
@@ -138,7 +130,7 @@ def run_stage(name: str, tasks: list[dict[str, Any]], steps: Sequence[tuple[Any,
              len(pending))
     if pending:
         ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-        runtime_env = _storage_runtime_env()
+        runtime_env = worker_runtime_env()
         for fn, kwargs in steps:
             extra = {"runtime_env": runtime_env} if runtime_env else {}
             ds = ds.map_batches(fn, batch_size=1, batch_format="pyarrow", **kwargs, **extra)
@@ -573,7 +565,7 @@ class Curation:
         log.info("[kmeans] %d clean scenes -> k=%d (%s)", n, k,
                  "fixed" if cfg.kmeans.num_clusters else f"{cfg.kmeans.scenes_per_cluster:g} scenes per cluster")
         gpus = 1 if self.gpus > 0 and cfg.kmeans.gpu != "off" else 0
-        task = ray.remote(num_cpus=1, num_gpus=gpus, runtime_env=_storage_runtime_env())(fit_codebook)
+        task = ray.remote(num_cpus=1, num_gpus=gpus, runtime_env=worker_runtime_env())(fit_codebook)
         stats = ray.get(task.remote(pairs, mean, k, dataclasses.asdict(cfg.kmeans), codebook_uri, cfg.scratch))
         storage.write_bytes(stats_uri, json.dumps(stats, indent=1).encode())
         log.info("[kmeans] k=%d on %d training points, objective %.4g, %s, %.1f s", stats["k"], stats["n_train"],

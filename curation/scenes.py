@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from cluster import storage
+from core import storage
 from curation.config import SceneConfig
 from curation.frames import probe
 from pipelines.quarantine import RejectRecord

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cluster import storage
-from cluster.errors import UserError
+from core import storage
+from core.errors import UserError
 
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
 FINGERPRINT_FILE = "_stage.json"

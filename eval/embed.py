@@ -18,57 +18,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from cluster import storage
-from cluster.cli import module_main
-from cluster.errors import UserError
+from core import storage
+from core.entry import module_main
+from core.errors import UserError
 from models.checkpoint import load_encoder
 from models.config import ModelConfig
 from models.encoder import VisionTransformer
+from pipelines.clips import eval_clip_indices
 from pipelines.decode import fetch, is_image, open_video, read_image
 from pipelines.quarantine import SampleError
+from pipelines.transforms import eval_preprocess
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_FPS = 4.0  # vjepa2.md 5.3: V-JEPA 2 samples clips at 4 fps
 
 
 class EmbedInputError(UserError):
     """An input file embed cannot use; the message names the file and why."""
-
-
-def preprocess(frames: np.ndarray, crop_size: int) -> Tensor:
-    """uint8 ``[T, H, W, 3]`` -> float ``[3, T, crop, crop]``: short side to int(crop*256/224) (bilinear,
-    antialiased), center crop, ImageNet mean/std (Meta's hub preprocessor, vjepa2.md 8.2)."""
-    video = torch.from_numpy(np.array(frames, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0  # [T,3,H,W]
-    height, width = video.shape[-2:]
-    short = int(crop_size * 256 / 224)
-    scale = short / min(height, width)
-    size = (max(short, round(height * scale)), max(short, round(width * scale)))
-    video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
-    top = int(round((size[0] - crop_size) / 2.0))
-    left = int(round((size[1] - crop_size) / 2.0))
-    video = video[..., top:top + crop_size, left:left + crop_size]
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((video - mean) / std).permute(1, 0, 2, 3).contiguous()
-
-
-def clip_indices(video_frames: int, video_fps: float, frames: int, fps: float,
-                 start: float | None = None) -> np.ndarray:
-    """Frame ids of ``frames`` frames at ``fps`` from ``start`` seconds (None: centred in the video);
-    ids past the end repeat the last frame (Meta pads short videos the same way, vjepa2.md 5.3)."""
-    if video_frames <= 0 or video_fps <= 0:
-        raise ValueError(f"video reports {video_frames} frames at {video_fps} fps")
-    duration = video_frames / video_fps
-    if start is None:
-        start = max(0.0, (duration - frames / fps) / 2.0)
-    times = start + np.arange(frames) / fps
-    return np.clip(np.floor(times * video_fps).astype(np.int64), 0, video_frames - 1)
 
 
 @torch.no_grad()
@@ -98,14 +67,14 @@ def embed_video(encoder: VisionTransformer, model_cfg: ModelConfig, video_path: 
     try:
         reader = open_video(fetch(video_path))
         try:
-            indices = clip_indices(reader.num_frames, reader.fps, frames, fps, start)
+            indices = eval_clip_indices(reader.num_frames, reader.fps, frames, fps, start)
             log.info("%s: frames %s of %d at %.2f fps", video_path, indices.tolist(), reader.num_frames, reader.fps)
             pixels = reader.get_frames(indices)
         finally:
             reader.close()
     except (SampleError, ValueError) as exc:
         raise EmbedInputError(f"{video_path}: cannot read video: {exc}") from exc
-    return embed_clip(encoder, preprocess(pixels, model_cfg.encoder.img_size))
+    return embed_clip(encoder, eval_preprocess(pixels, model_cfg.encoder.img_size))
 
 
 def embed_image(encoder: VisionTransformer, model_cfg: ModelConfig, image_path: str,
@@ -116,7 +85,7 @@ def embed_image(encoder: VisionTransformer, model_cfg: ModelConfig, image_path: 
     except SampleError as exc:
         raise EmbedInputError(f"{image_path}: cannot read image: {exc}") from exc
     clip = np.repeat(image[None], frames or model_cfg.encoder.num_frames, axis=0)
-    return embed_clip(encoder, preprocess(clip, model_cfg.encoder.img_size))
+    return embed_clip(encoder, eval_preprocess(clip, model_cfg.encoder.img_size))
 
 
 def embed_path(encoder: VisionTransformer, model_cfg: ModelConfig, path: str, frames: int | None = None,

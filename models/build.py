@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cluster.config import ConfigError, load_config
 from configs import CONFIG_ROOT, preset_path
+from core.config import ConfigError, load_config
 from models.ac_predictor import ACPredictor
 from models.config import EncoderConfig, ModelConfig
 from models.encoder import VisionTransformer

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cluster import storage
-from cluster.config import ConfigError, from_dict, to_dict
-from cluster.errors import UserError
+from core import storage
+from core.config import ConfigError, from_dict, to_dict
+from core.errors import UserError
 from models.build import build_encoder, build_predictor, load_model_preset, recognise_preset
 from models.config import ModelConfig
 from models.encoder import VisionTransformer

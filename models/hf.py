@@ -18,8 +18,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from cluster import storage
-from cluster.config import ConfigError, from_dict, to_dict
+from core import storage
+from core.config import ConfigError, from_dict, to_dict
 from models.build import list_presets, load_model_preset
 from models.checkpoint import ARCH_KEY, FORMAT_VERSION, CheckpointError, StateDict
 from models.config import EncoderConfig, ModelConfig, PredictorConfig

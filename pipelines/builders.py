@@ -29,8 +29,8 @@ from pathlib import PurePosixPath
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from cluster import storage
-from cluster.cli import module_main
+from core import storage
+from core.entry import module_main
 from pipelines import decode
 from pipelines.manifest import ManifestError, conform, write_manifest
 from pipelines.quarantine import SampleError

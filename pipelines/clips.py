@@ -87,3 +87,16 @@ def make_clip(request: ClipRequest, cfg: DataConfig, out: np.ndarray | None = No
     finally:
         reader.close()
     return transforms.augment(frames, cfg.clip, rng, out)
+
+
+def eval_clip_indices(video_frames: int, video_fps: float, frames: int, fps: float,
+                 start: float | None = None) -> np.ndarray:
+    """Frame ids of ``frames`` frames at ``fps`` from ``start`` seconds (None: centred in the video);
+    ids past the end repeat the last frame (Meta pads short videos the same way, vjepa2.md 5.3)."""
+    if video_frames <= 0 or video_fps <= 0:
+        raise ValueError(f"video reports {video_frames} frames at {video_fps} fps")
+    duration = video_frames / video_fps
+    if start is None:
+        start = max(0.0, (duration - frames / fps) / 2.0)
+    times = start + np.arange(frames) / fps
+    return np.clip(np.floor(times * video_fps).astype(np.int64), 0, video_frames - 1)

@@ -15,7 +15,7 @@
 The decode pool has its own CPU budget (``num_decode_workers x decode_cpus``); Ray Train excludes
 its workers' resources from Ray Data's budget and hands each worker a ``streaming_split`` shard, so
 every rank sees distinct samples. Masks are not made here: Ray re-batches rows, so a Data stage never
-sees the trainer's batch; :class:`pipelines.collate.Collator` makes them per trainer batch.
+sees the trainer's batch; :class:`train.collate.Collator` makes them per trainer batch.
 
 :func:`iter_local_batches` runs the very same index and :class:`ClipDecoder` in-process, without Ray,
 for debugging and benchmarks. :class:`DataProgress` measures what the consumer receives (clips/s,
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from core.ray_session import worker_runtime_env
 from pipelines.clips import ClipRequest, make_clip
 from pipelines.config import DataConfig
 from pipelines.quarantine import Quarantine, RejectRecord, SampleError
@@ -119,8 +120,9 @@ def decode_pool_args(cfg: DataConfig) -> dict[str, Any]:
                                               max_concurrent_calls_per_actor=cfg.decode_calls_per_worker),
         "num_cpus": cfg.decode_cpus,
     }
-    if cfg.worker_env:
-        args["runtime_env"] = {"env_vars": dict(cfg.worker_env)}
+    runtime_env = worker_runtime_env(cfg.worker_env)
+    if runtime_env:
+        args["runtime_env"] = runtime_env
     return args
 
 
@@ -237,7 +239,7 @@ class DataProgress:
     """What the consumer receives: clips, steady clips/s, per-source counts, redraws (rejected draws).
 
     ``update`` per batch; a log line every ``every_s`` seconds; ``metrics()`` for MLflow
-    (``log_to(run, step)`` with a :class:`cluster.tracking.Run`).
+    (``log_to(run, step)`` with a :class:`core.tracking.Run`).
     """
 
     def __init__(self, names: list[str], every_s: float = 30.0, warmup_batches: int = 1):

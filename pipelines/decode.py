@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 import pyarrow.fs as pafs
 
-from cluster import storage
+from core import storage
 from pipelines.quarantine import SampleError
 
 BACKENDS = ("decord", "pyav", "torchcodec")

@@ -17,8 +17,8 @@ from pathlib import PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster import storage
-from cluster.errors import UserError
+from core import storage
+from core.errors import UserError
 
 REQUIRED_COLUMNS: dict[str, pa.DataType] = {
     "uri": pa.string(),

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cluster import storage
+from core import storage
 
 log = logging.getLogger(__name__)
 

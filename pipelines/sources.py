@@ -19,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster import storage
-from cluster.errors import UserError
+from core import storage
+from core.errors import UserError
 from pipelines.config import DataConfig
 from pipelines.manifest import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, ManifestError, conform, is_csv, read_manifest
 

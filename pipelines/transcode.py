@@ -24,8 +24,8 @@ from pathlib import PurePosixPath
 
 import pyarrow as pa
 
-from cluster import storage
-from cluster.cli import module_main
+from core import storage
+from core.entry import module_main
 from pipelines import decode
 from pipelines.manifest import read_manifest, write_manifest
 from pipelines.quarantine import Quarantine, RejectRecord, SampleError

@@ -1,7 +1,8 @@
-"""Pretraining augmentation (vjepa2.md 5.5): one random-resized-crop per clip, horizontal flip, ImageNet norm.
+"""Clip transforms: pretraining augmentation (vjepa2.md 5.5: one random-resized-crop per clip, horizontal
+flip, ImageNet norm) and the deterministic eval preprocessing that evaluation and planning share.
 
 The crop and flip run in the decode actors and return uint8, so clips cross the object store at a
-quarter of the float size; normalisation to float happens per trainer batch (pipelines/collate.py).
+quarter of the float size; normalisation to float happens per trainer batch (train/collate.py).
 All randomness comes from the per-sample generator, so a sample is the same wherever it is decoded.
 """
 
@@ -115,3 +116,24 @@ def normalize(clips: torch.Tensor) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=clips.device) * 255.0
     x = (clips.float() - mean) / std
     return x.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def eval_preprocess(frames: np.ndarray, crop_size: int) -> torch.Tensor:
+    """uint8 ``[T, H, W, 3]`` -> float ``[3, T, crop, crop]``: short side to int(crop*256/224) (bilinear,
+    antialiased), center crop, ImageNet mean/std (Meta's hub preprocessor, vjepa2.md 8.2). Shared by
+    evaluation and planning: deterministic, no augmentation."""
+    import torch
+    import torch.nn.functional as F
+
+    video = torch.from_numpy(np.array(frames, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255.0  # [T,3,H,W]
+    height, width = video.shape[-2:]
+    short = int(crop_size * 256 / 224)
+    scale = short / min(height, width)
+    size = (max(short, round(height * scale)), max(short, round(width * scale)))
+    video = F.interpolate(video, size=size, mode="bilinear", align_corners=False, antialias=True)
+    top = int(round((size[0] - crop_size) / 2.0))
+    left = int(round((size[1] - crop_size) / 2.0))
+    video = video[..., top:top + crop_size, left:left + crop_size]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((video - mean) / std).permute(1, 0, 2, 3).contiguous()

@@ -21,7 +21,7 @@ from dataclasses import replace
 from itertools import repeat
 from pathlib import PurePosixPath
 
-from cluster.cli import module_main
+from core.entry import module_main
 from pipelines import decode
 from pipelines.clips import ClipRequest, make_clip
 from pipelines.config import ClipConfig, DataConfig

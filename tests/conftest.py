@@ -60,7 +60,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def sample_world(tmp_path_factory) -> Path:
-    """The deterministic sample world (pipelines/sample_world.py), built once per session."""
+    """The deterministic sample world (pipelines/sample_world/), built once per session."""
     from pipelines.sample_world import build_sample_world
 
     out = tmp_path_factory.mktemp("sample_world")

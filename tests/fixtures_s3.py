@@ -2,7 +2,7 @@
 
 It speaks S3 over HTTP in its own process group, so boto3 and pyarrow's S3 client exercise real
 requests (multipart uploads, ranged GETs, listings). The endpoint reaches the project through
-``AWS_ENDPOINT_URL_S3``, the variable both boto3 and cluster/storage.py honour; the keys are dummy test
+``AWS_ENDPOINT_URL_S3``, the variable both boto3 and core/storage.py honour; the keys are dummy test
 keys (moto checks none).
 """
 

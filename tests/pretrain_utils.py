@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from cluster.config import load_config
 from configs import preset_path
+from core.config import load_config
 from train.config import PretrainConfig
 from train.masks import sample_masks, token_grid
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from fixtures_media import render_video, write_image
 
-from cluster.cli import module_main
+from core.entry import module_main
 from pipelines import builders
 from pipelines.manifest import ManifestError, read_manifest
 

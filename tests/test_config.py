@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import ConfigError, flatten, load_config, to_dict
 from configs import CONFIG_ROOT, preset_path
+from core.config import ConfigError, flatten, load_config, to_dict
 from train.config import PretrainConfig
 
 PRESETS = sorted(p.stem for p in (CONFIG_ROOT / "pretrain").glob("*.yaml"))

@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures_s3 import BUCKET, s3_server_fixture  # noqa: F401
 
-from cluster import storage
-from cluster.config import load_config
-from cluster.errors import UserError
+from core import storage
+from core.config import load_config
+from core.errors import UserError
 from curation import shards
 from curation.config import CurationConfig
 from curation.curate import curate
@@ -114,7 +114,7 @@ def test_short_and_bad_scenes_are_quarantined_with_reasons(tiny_run, sample_worl
 
 
 def test_report_and_mlflow_run(tiny_run):
-    from cluster.tracking import find_runs, local_store_uri
+    from core.tracking import find_runs, local_store_uri
 
     cfg, result, _, root = tiny_run
     report = Path(cfg.output) / "report"
@@ -192,7 +192,7 @@ def test_sigkill_during_embedding_then_rerun_gives_the_same_manifest(tiny_run, s
     cfg, result, _, _ = tiny_run
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "curation.curate", "--config", str(TINY),
-           *world_overrides(sample_world, str(out)), "tracking.enabled=false", "ray_address=local"]
+           *world_overrides(sample_world, str(out)), "tracking.enabled=false", "ray.address=local"]
     env = dict(os.environ, PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0")
     emb_dir = out / "embeddings" / "pool"
     with (tmp_path / "first.log").open("w") as log:

@@ -10,10 +10,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.errors import UserError
+from core.errors import UserError
 from curation import decontam, kmeans, retrieval, shards
 from curation.config import CurationConfig, EmbedderConfig, SceneConfig
 from curation.frames import middle_frame, square
+from pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def blobs(n_per: int, centers: int, dim: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +288,7 @@ def test_dinov2_embedder_loads_meta_layout_weights(tmp_path):
     emb = embedders.build_embedder(cfg, device="cpu")
     frames = np.random.default_rng(1).integers(0, 255, (2, 56, 56, 3), dtype=np.uint8)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (embedders.IMAGENET_MEAN, embedders.IMAGENET_STD))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     x = (x - mean) / std
     with torch.no_grad():
         expected = torch.nn.functional.normalize(ref(x), dim=-1).numpy()
@@ -373,7 +374,7 @@ def test_bf16_embedding_stays_close_to_fp32():
 
 @pytest.mark.parametrize("preset", ["tiny", "yt1b"])
 def test_presets_load_and_pass_the_config_check(preset):
-    from cluster.config import load_config
+    from core.config import load_config
 
     cfg = load_config(CurationConfig, Path(__file__).parents[1] / "configs" / "curate" / f"{preset}.yaml")
     cfg.check()

@@ -14,8 +14,7 @@ import pytest
 import ray
 import torch
 
-from cluster.tracking import TrackingConfig, find_runs, local_store_uri, start_run
-from pipelines.collate import Collator
+from core.tracking import TrackingConfig, find_runs, local_store_uri, start_run
 from pipelines.config import ClipConfig, DataConfig, videomix22m_sources
 from pipelines.dataset import (
     OUTPUT_COLUMNS,
@@ -29,6 +28,7 @@ from pipelines.dataset import (
 from pipelines.request_source import ClipRequestSource, window_bounds
 from pipelines.sampling import ClipIndex
 from pipelines.transforms import normalize
+from train.collate import Collator
 from train.config import default_masks
 from train.masks import sample_masks
 

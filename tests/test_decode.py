@@ -177,7 +177,7 @@ def test_decoding_with_decord_first_leaves_vp9_encoding_working(tmp_path):
         "import numpy as np\n"
         "from pipelines.decode import open_video\n"
         "frames = open_video(sys.argv[1], 'decord').get_frames(np.arange(4))\n"
-        "from pipelines.render import write_video\n"
+        "from pipelines.sample_world.writers import write_video\n"
         "write_video(Path(sys.argv[2]), list(frames[:, :64, :64]), (64, 64), Fraction(4), codec='vp9', gop=4)\n"
     )
     out = tmp_path / "after_decord.webm"

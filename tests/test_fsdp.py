@@ -18,7 +18,7 @@ from pretrain_utils import small_config, synthetic_batch
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard
 
-from cluster.config import to_dict
+from core.config import to_dict
 from train.fsdp import compute_dtype, data_parallel_mesh, mixed_precision_policy, parallelize
 from train.optim import build_optimizer
 from train.schedules import build_schedules

@@ -17,7 +17,7 @@ import torch
 from hf_oracle import disjoint_masks, gather, hf_model, max_diffs, random_model
 from transformers import VJEPA2Model
 
-from cluster.config import ConfigError
+from core.config import ConfigError
 from models.build import load_model_preset
 from models.config import ModelConfig
 from models.encoder import VisionTransformer

@@ -25,7 +25,7 @@ import pytest
 from pretrain_utils import TINY, world_overrides
 from servers import free_port
 
-from cluster.tracking import find_runs, local_store_uri
+from core.tracking import find_runs, local_store_uri
 from models.checkpoint import load_encoder
 from train.state import GIT_REVISION_ENV, git_revision, read_record
 

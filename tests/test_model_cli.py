@@ -11,9 +11,10 @@ from fixtures_media import render_video
 from PIL import Image
 
 from cluster.cli import main
-from eval.embed import clip_indices, preprocess
 from models.checkpoint import ARCH_KEY, load_encoder
+from pipelines.clips import eval_clip_indices
 from pipelines.decode import open_video
+from pipelines.transforms import eval_preprocess
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_embed_image_repeats_it_to_a_clip(tiny_ckpt: Path, tmp_path: Path) -> No
 def test_embed_video_samples_the_middle_at_4_fps(tiny_ckpt: Path, tmp_path: Path) -> None:
     video = render_video(tmp_path / "clip.mp4", frames=96, width=160, height=96, fps=24)
     # 4 s video, 8 frames at 4 fps = 2 s, centred: 1.0 s .. 2.75 s -> frames 24, 30, ..., 66
-    indices = clip_indices(96, 24.0, 8, 4.0)
+    indices = eval_clip_indices(96, 24.0, 8, 4.0)
     assert indices.tolist() == list(range(24, 67, 6))
     out = tmp_path / "video.npy"
     assert main(["embed", "--checkpoint", str(tiny_ckpt), "--input", str(video), "--out", str(out)]) == 0
@@ -76,15 +77,15 @@ def test_embed_video_samples_the_middle_at_4_fps(tiny_ckpt: Path, tmp_path: Path
     reader.close()
     encoder, _ = load_encoder(tiny_ckpt)
     with torch.no_grad():
-        want = encoder(preprocess(frames, 128)[None])[0].numpy()
+        want = encoder(eval_preprocess(frames, 128)[None])[0].numpy()
     np.testing.assert_allclose(np.load(out), want, atol=1e-5)
-    assert clip_indices(10, 24.0, 8, 4.0, start=0.0).tolist() == [0, 6, 9, 9, 9, 9, 9, 9]  # short: last repeats
+    assert eval_clip_indices(10, 24.0, 8, 4.0, start=0.0).tolist() == [0, 6, 9, 9, 9, 9, 9, 9]  # short: last repeats
 
 
 def test_preprocess_resizes_short_side_center_crops_and_normalises() -> None:
     mean = np.array([0.485, 0.456, 0.406]) * 255
     frames = np.broadcast_to(mean.round().astype(np.uint8), (2, 100, 300, 3))
-    clip = preprocess(frames, 128)
+    clip = eval_preprocess(frames, 128)
     assert clip.shape == (3, 2, 128, 128)
     assert clip.abs().max() < 0.01  # ImageNet mean maps to ~0
 

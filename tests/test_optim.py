@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.config import load_config
 from configs import preset_path
+from core.config import load_config
 from train.config import OptimConfig, PretrainConfig, TrainerConfig
 from train.optim import build_optimizer, param_groups, plan_batch, set_hyperparams
 from train.step import build_jepa

@@ -14,8 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from pretrain_utils import TINY, world_config, world_overrides
 
-from cluster.cli import module_main
-from cluster.tracking import find_runs, local_store_uri
+from core.entry import module_main
+from core.tracking import find_runs, local_store_uri
 from models.checkpoint import load_encoder, load_meta_checkpoint
 from train.pretrain import CHECKPOINTS, pretrain
 from train.schedules import LinearDecay, WarmupConstant

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pretrain_utils import TOTAL_STEPS, uninterrupted_losses, world_config
 
-from cluster.tracking import find_runs, local_store_uri
+from core.tracking import find_runs, local_store_uri
 from train.pretrain import CHECKPOINTS, pretrain
 from train.state import read_record
 

@@ -16,8 +16,8 @@ import pytest
 from fixtures_media import media_dir_fixture, render_video  # noqa: F401  (pytest fixture)
 from fixtures_s3 import BUCKET, S3_ENV, s3_server_fixture  # noqa: F401  (pytest fixture)
 
-from cluster import storage
 from cluster.cli import main as cli_main
+from core import storage
 from pipelines.clips import ClipRequest, make_clip
 from pipelines.config import ClipConfig, DataConfig, SourceConfig
 from pipelines.dataset import build_train_dataset, iter_local_batches

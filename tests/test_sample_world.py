@@ -162,7 +162,7 @@ def test_val_content_reaches_training_data_only_through_planted_duplicates(world
 
 
 def test_prepare_out_refuses_files_and_foreign_directories(tmp_path: Path) -> None:
-    from cluster.errors import UserError
+    from core.errors import UserError
 
     a_file = tmp_path / "file"
     a_file.write_text("x")

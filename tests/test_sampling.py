@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.errors import UserError
+from core.errors import UserError
 from pipelines.config import DataConfig, SourceConfig, videomix22m_sources
 from pipelines.manifest import ManifestError
 from pipelines.sampling import CHUNK, ClipIndex

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.config import ConfigError, load_config
 from configs import CONFIG_ROOT
+from core.config import ConfigError, load_config
 from train.config import OptimConfig, PretrainConfig
 from train.schedules import Constant, LinearDecay, WarmupConstant, build_schedules
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.config import to_dict
-from cluster.errors import UserError
+from core.config import to_dict
+from core.errors import UserError
 from models.config import ModelConfig
 from train.pretrain import existing_checkpoint
 from train.state import (

@@ -1,11 +1,11 @@
-"""MLflow through cluster.tracking: a real server on 127.0.0.1, the local SQLite store, redaction."""
+"""MLflow through core.tracking: a real server on 127.0.0.1, the local SQLite store, redaction."""
 
 from __future__ import annotations
 
 import logging
 
-from cluster.redact import MASK, RedactingFilter, redact
-from cluster.tracking import TrackingConfig, find_runs, local_store_uri, start_run
+from core.redact import MASK, RedactingFilter, redact
+from core.tracking import TrackingConfig, find_runs, local_store_uri, start_run
 
 
 def test_run_reaches_a_real_mlflow_server(mlflow_server, tmp_path):

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cluster.tracking import TrackingConfig
+from core.ray_session import RayConfig
+from core.tracking import TrackingConfig
 from models.config import ModelConfig
 from pipelines.config import DataConfig
 
@@ -93,3 +94,4 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)

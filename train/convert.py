@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cluster.cli import module_main
+from core.entry import module_main
 from models.checkpoint import load_meta_checkpoint, resolve_model_cfg, save_meta_checkpoint
 from models.hf import is_hf_dir, load_hf, save_hf
 

@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from cluster.cli import module_main
+from core.entry import module_main
 from models.build import build_model, load_model_preset, num_params
 from models.checkpoint import save_meta_checkpoint
 

@@ -26,13 +26,13 @@ import torch
 import torch.distributed as dist
 from pyarrow import fs as pafs
 
-from cluster import storage
-from cluster.config import from_dict
-from cluster.redact import setup_logging
+from core import storage
+from core.config import from_dict
+from core.redact import setup_logging
 from models.checkpoint import load_meta_checkpoint, load_state
-from pipelines.collate import Collator
 from pipelines.config import DataConfig
 from pipelines.dataset import build_train_dataset
+from train.collate import Collator
 from train.config import PretrainConfig
 from train.fsdp import compute_dtype, data_parallel_mesh, parallelize, training_device
 from train.health import CollapseMonitor, StepTiming, Throughput, TimedIterator

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cluster.config import ConfigError
+from core.config import ConfigError
 from train.config import OptimConfig, TrainerConfig
 
 log = logging.getLogger(__name__)

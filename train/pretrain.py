@@ -19,17 +19,17 @@ import argparse
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cluster import storage
-from cluster.cli import module_main
-from cluster.config import load_config, to_dict
-from cluster.errors import UserError
-from cluster.redact import setup_logging
-from cluster.tracking import resolve_uri, runs_root, start_run
+from core import storage
+from core.config import load_config, to_dict
+from core.entry import module_main
+from core.errors import UserError
+from core.ray_session import connect
+from core.redact import setup_logging
+from core.tracking import resolve_uri, runs_root, start_run
 from models.checkpoint import load_meta_checkpoint
 from pipelines.dataset import train_data_config
 from train.config import PretrainConfig
@@ -120,19 +120,10 @@ def lineage_tags(cfg: PretrainConfig, source: dict[str, Any],
     return cfg, tags
 
 
-def ensure_ray(cfg: PretrainConfig) -> None:
-    """Attach to the cluster (under ``ray job submit`` or with RAY_ADDRESS set) or start a local Ray whose
-    logical CPUs cover the trainers plus the decode pool, even on a 2-core laptop (ray.md 3.1)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-        return
+def cpus_needed(cfg: PretrainConfig) -> float:
+    """Logical CPUs the trainers and the decode pool take together (a local Ray gets at least that)."""
     data, trainer = cfg.data, cfg.trainer
-    needed = max(1, trainer.num_workers) * trainer.cpus_per_worker + data.num_decode_workers * data.decode_cpus
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(needed)), include_dashboard=False)
+    return max(1, trainer.num_workers) * trainer.cpus_per_worker + data.num_decode_workers * data.decode_cpus
 
 
 def existing_checkpoint(run_uri: str, ray_managed: bool) -> str | None:
@@ -216,7 +207,7 @@ def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
     resumed, source = starting_point(cfg, run_uri, own_dataset=dataset is not None)
     plan = plan_batch(cfg.optim, cfg.trainer)
     record = provenance(cfg)
-    ensure_ray(cfg)
+    connect(cfg.ray, cpus_needed(cfg))
     cfg, run_id, lineage = open_tracking(cfg, resumed, source, record, plan.global_batch)
     log.info("pretraining %s: %d workers x %d clips x %d accumulation = global batch %d, steps to %d, output %s",
              cfg.run.name, max(1, cfg.trainer.num_workers), plan.batch_per_worker, plan.grad_accum,

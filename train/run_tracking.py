@@ -1,6 +1,6 @@
 """One MLflow run per pretraining run, written by the driver and by rank 0 of every worker group.
 
-The driver creates the run (resolved config as params, lineage tags) through :mod:`cluster.tracking`;
+The driver creates the run (resolved config as params, lineage tags) through :mod:`core.tracking`;
 workers re-open it by id, so restarts after a failure and resumed runs keep one metric history.
 Re-opening uses MLflow's documented ``MLFLOW_RUN_ID`` variable, which ``mlflow.start_run`` consumes
 (and removes) to resume that run instead of creating one.
@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from cluster.tracking import Run, TrackingConfig, start_run
+from core.tracking import Run, TrackingConfig, start_run
 
 MLFLOW_RUN_ID_ENV = "MLFLOW_RUN_ID"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from cluster.config import ConfigError
+from core.config import ConfigError
 from train.config import OptimConfig
 
 

@@ -37,9 +37,9 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from cluster import storage
-from cluster.config import flatten, from_dict, to_dict
-from cluster.errors import UserError
+from core import storage
+from core.config import flatten, from_dict, to_dict
+from core.errors import UserError
 from models.checkpoint import save_meta_checkpoint
 from models.config import ModelConfig
 from train.step import JEPA

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from cluster.errors import UserError
+from core.errors import UserError
 
 T = TypeVar("T")
 

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Literal
@@ -63,16 +62,6 @@ class Shot:
     start_s: float = 0.0  # footage: where the shot starts in the source video
     fill: tuple[float, float] = (0.55, 0.85)  # view height as a share of the source, drawn per shot
     on_target: bool = True  # ground truth for curation: natural footage (True) or cartoon/animation
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What a manifest row needs to know about a written video."""
-
-    num_frames: int
-    fps: float
-    duration_s: float
-    bytes: int
 
 
 # ---------------------------------------------------------------------------- real photos and clips
@@ -401,44 +390,3 @@ def shot_frames(shot: Shot, size: tuple[int, int], fps: float, n: int,
     if shot.kind == "cartoon":
         return cartoon_frames(size, n, shot.motion, rng)
     return pan_frames(clipart_canvas(shot.sources[0], rng), size, n, shot.motion, rng, shot.fill)
-
-
-# ---------------------------------------------------------------------------- encoding
-
-Codec = Literal["h264", "vp9"]
-
-
-def write_video(path: Path, frames: Iterable[np.ndarray], size: tuple[int, int], fps: Fraction,
-                codec: Codec = "h264", gop: int = 48, bframes: int = 2, crf: int = 28) -> VideoInfo:
-    """Encode RGB frames to MP4/H.264 or WebM/VP9, byte-for-byte reproducibly.
-
-    Reproducible: one encoder thread, ``+bitexact`` muxing (no random WebM segment id, no muxer
-    version tag) and no creation time. H.264 keeps x264's scene-cut keyframes, so a hard cut usually
-    starts a GOP, as in real uploads.
-    """
-    container = av.open(str(path), "w", options={"fflags": "+bitexact"})
-    stream = container.add_stream("libx264" if codec == "h264" else "libvpx-vp9", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-    stream.codec_context.thread_count = 1
-    stream.codec_context.gop_size = gop
-    if codec == "h264":
-        stream.codec_context.max_b_frames = bframes
-        stream.options = {"preset": "superfast", "crf": str(crf)}
-    else:
-        stream.options = {"deadline": "realtime", "cpu-used": "8", "crf": str(crf), "b": "0", "row-mt": "0"}
-    count = 0
-    with container:
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            count += 1
-        container.mux(stream.encode())
-    return VideoInfo(count, float(fps), count / float(fps), path.stat().st_size)
-
-
-def probe_video(path: Path) -> VideoInfo:
-    """Frame count (from the packets), fps and size of an existing video file."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        count = sum(1 for packet in container.demux(stream) if packet.size)
-        fps = float(stream.average_rate)
-    return VideoInfo(count, fps, count / fps, path.stat().st_size)

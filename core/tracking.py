@@ -3,7 +3,7 @@
 Default: a SQLite store at ``<runs root>/mlflow.db`` with artifacts in ``<runs root>/mlartifacts``,
 both absolute, so a run started under ``ray job submit`` (whose working directory is a temporary copy)
 lands beside the runs started from a shell. ``tracking.tracking_uri`` points at a server instead.
-Params are the fully resolved config, flattened and redacted (cluster/redact.py).
+Params are the fully resolved config, flattened and redacted (core/redact.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.config import flatten, to_dict
-from cluster.redact import redact
+from core.config import flatten, to_dict
+from core.redact import redact
 
 log = logging.getLogger(__name__)
 

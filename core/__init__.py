@@ -1,0 +1,2 @@
+"""The ground floor: config loading, storage, tracking, redaction, errors, the Ray session and the
+entry-point helper. Imports no other package of this project; every other package may import it."""
