@@ -3,7 +3,7 @@
     python -m bench.pretrain_step [--world data/sample_world] [--steps 12] [--learn-steps 500]
 
 1. Loop overhead: steps/s of the Ray Train loop (1 worker, ``train.pretrain.pretrain``) against the same
-   step (``train.loop.setup_training`` + ``Training.step``) in a plain process, both fed the same
+   step (``PretrainRecipe.setup`` + ``PretrainRecipe.step``) in a plain process, both fed the same
    pre-decoded clips, so only Ray Train, reporting and checkpointing differ (``ratio_vs_plain``, goal
    >= 0.9). The plain process runs before and after the Ray loop; their mean is the reference.
 2. Data wait: a run fed by the streaming VideoMix pipeline (decode actors working while the step runs):
@@ -41,9 +41,9 @@ from pipelines.dataset import build_train_dataset
 from train.collate import Collator
 from train.config import PretrainConfig
 from train.health import StepTiming, Throughput
-from train.loop import setup_training
 from train.optim import plan_batch
 from train.pretrain import pretrain
+from train.pretrain_recipe import PretrainRecipe
 from train.step import build_jepa
 
 log = logging.getLogger("bench.pretrain_step")
@@ -64,7 +64,8 @@ def config(world: Path, out: Path, *overrides: str) -> PretrainConfig:
 
 def plain_steps(cfg: PretrainConfig, batches: list[dict], steps: int) -> tuple[dict, dict[int, float]]:
     """The training step in this process, no Ray: the reference for the loop's overhead."""
-    training = setup_training(cfg, world_size=1)
+    training = PretrainRecipe(cfg)
+    training.setup(world_size=1, rank=0)
     micro = iter(batches)
     throughput, losses = Throughput(), {}
     for step in range(steps):

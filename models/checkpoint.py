@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -211,12 +211,55 @@ def load_state(module: nn.Module, sd: StateDict, what: str, path: str) -> None:
     module.load_state_dict(sd, strict=True)
 
 
+CheckpointKind = Literal["sharded", "meta", "hf"]
+
+
+def checkpoint_kind(uri: str | Path) -> CheckpointKind:
+    """What a checkpoint path is; the one place that decides it.
+
+    ``sharded``: a training checkpoint directory of this project (DCP shards + ``train_state.json``;
+    Ray Train keeps the same directories); ``hf``: a Hugging Face model directory (``config.json``);
+    ``meta``: a single file in Meta's layout (a release, Meta's training files, this project's exports).
+    """
+    from models.hf import is_hf_dir
+    from models.sharded import is_sharded_checkpoint
+
+    uri = str(uri)
+    if is_sharded_checkpoint(uri):
+        return "sharded"
+    if is_hf_dir(uri):
+        return "hf"
+    if storage.is_dir(uri):
+        raise CheckpointError(f"{uri}: a directory that is neither a training checkpoint (no train_state.json) "
+                              "nor a Hugging Face model (no config.json)")
+    if not storage.exists(uri):
+        raise CheckpointError(f"{uri}: checkpoint not found")
+    return "meta"
+
+
+def open_checkpoint(uri: str | Path) -> MetaCheckpoint:
+    """Any checkpoint this project loads, as Meta-layout parts (a sharded one must be local: use
+    ``ray.train.Checkpoint(...).as_directory()`` for one on S3)."""
+    kind = checkpoint_kind(uri)
+    if kind == "sharded":
+        from models.sharded import load_sharded_checkpoint
+
+        return load_sharded_checkpoint(uri)
+    if kind == "hf":
+        from models.hf import load_hf
+
+        cfg, encoder, predictor = load_hf(uri)
+        return MetaCheckpoint(path=str(uri), model_cfg=cfg, encoder=encoder, target_encoder=None, predictor=predictor)
+    return load_meta_checkpoint(uri)
+
+
 def load_encoder(path: str | Path, key: str = "encoder",
                  preset: str | None = None) -> tuple[VisionTransformer, ModelConfig]:
-    """An eval-mode encoder from ``key`` (``encoder`` or ``target_encoder``) of a Meta-layout file."""
+    """An eval-mode encoder from ``key`` (``encoder`` or ``target_encoder``) of any checkpoint
+    :func:`checkpoint_kind` recognises."""
     if key not in ("encoder", "target_encoder"):
         raise CheckpointError(f"--key must be encoder or target_encoder, got '{key}'")
-    ckpt = load_meta_checkpoint(path)
+    ckpt = open_checkpoint(path)
     sd = ckpt.state(key)
     cfg = resolve_model_cfg(ckpt, preset)
     encoder = build_encoder(cfg.encoder)

@@ -65,6 +65,9 @@ class DataConfig:
     # Samples resolved into clip requests per Ray Data read task; a stream up to this long is resolved in the
     # driver. 2^20 requests: ~100 MB, ~1.2 s over a 10M-row manifest (bench/index_scale.py).
     resolve_window: int = 1 << 20
+    # Share of every manifest row group held out for validation (its last rows): training never draws
+    # them, the validation stream draws only them. 0: no holdout (every row trains).
+    holdout_fraction: float = 0.0
     preserve_order: bool = True  # deterministic sample order (exact resume with one consumer)
     rejects_dir: str = ""  # "" -> <run output>/rejects
     min_frames: int = 2  # videos with fewer frames are quarantined

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipelines.config import DataConfig
-from pipelines.sources import RECORD_COLUMNS, ManifestRows, SourceRegistry
+from pipelines.manifest import ManifestError
+from pipelines.sources import RECORD_COLUMNS, ManifestRows, SourceRegistry, Split, SplitRows, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class SourceIndex:
     source_id: int
     kind: str
     weight: float
-    rows: ManifestRows
+    rows: ManifestRows | SplitRows
     group_weight: np.ndarray  # float64 per group: rows count (uniform) or the sum of the weight column
     weighted: bool
 
@@ -86,13 +87,22 @@ class ClipIndex:
         self._cum_groups = {s.source_id: np.cumsum(s.group_weight) for s in sources}
 
     @classmethod
-    def build(cls, cfg: DataConfig) -> ClipIndex:
-        """Read each active source's manifest metadata (and weight column, streamed); no media is touched."""
+    def build(cls, cfg: DataConfig, split: Split = "all") -> ClipIndex:
+        """Read each active source's manifest metadata (and weight column, streamed); no media is touched.
+
+        ``split``: with ``data.holdout_fraction`` > 0, ``train`` leaves the held-out rows of every manifest
+        out and ``val`` draws only from them (:class:`pipelines.sources.SplitRows`); a source with no
+        held-out row sits out of ``val``. ``all``: every row (the same draws as without a holdout).
+        """
         registry = SourceRegistry.from_config(cfg)
         sources = []
         for src in registry.active:
             t0 = time.perf_counter()
-            rows = ManifestRows(src.manifest)
+            rows = split_rows(src.manifest, split, cfg.holdout_fraction)
+            if rows.num_rows == 0:
+                log.info("source %s: no %s rows (holdout %.3f), left out of this split", src.name, split,
+                         cfg.holdout_fraction)
+                continue
             group_weights = rows.group_weights()
             weighted = group_weights is not None
             if not weighted:
@@ -100,6 +110,8 @@ class ClipIndex:
             sources.append(SourceIndex(src.name, src.source_id, src.kind, src.weight, rows, group_weights, weighted))
             log.info("source %s: %d rows in %d group(s)%s, weight %.3f (%.2f s)", src.name, rows.num_rows,
                      len(rows.group_rows), ", row weights" if weighted else "", src.weight, time.perf_counter() - t0)
+        if not sources:
+            raise ManifestError(f"no source has {split} rows with data.holdout_fraction={cfg.holdout_fraction}")
         return cls(sources, registry.names, [s.kind for s in registry.sources], cfg.seed)
 
     def shares(self) -> dict[str, float]:

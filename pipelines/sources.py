@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -173,3 +174,39 @@ def conform_optional(table: pa.Table, uri: str) -> pa.Table:
 def _virtual_groups(num_rows: int) -> np.ndarray:
     full, rest = divmod(num_rows, CSV_GROUP_ROWS)
     return np.array([CSV_GROUP_ROWS] * full + ([rest] if rest else []), np.int64)
+
+
+Split = Literal["all", "train", "val"]
+
+
+class SplitRows:
+    """The ``train`` or ``val`` part of a manifest, with the interface of :class:`ManifestRows`.
+
+    The last ``floor(holdout x rows)`` rows of every row group are held out for validation and the rest
+    train, so the split is a pure function of the manifest's layout (no row is read to decide it) and
+    the index stays O(row groups). Rows keep their manifest row numbers in requests and errors.
+    """
+
+    def __init__(self, rows: ManifestRows, split: Split, holdout: float):
+        self.rows, self.uri, self.columns = rows, rows.uri, rows.columns
+        held = np.floor(rows.group_rows * holdout).astype(np.int64)
+        self.group_start = rows.group_rows - held if split == "val" else np.zeros_like(held)
+        self.group_rows = held if split == "val" else rows.group_rows - held
+        self.group_offsets = rows.group_offsets[:-1] + self.group_start
+        self.num_rows = int(self.group_rows.sum())
+
+    def read_group(self, group: int, columns: list[str]) -> pa.Table:
+        return self.rows.read_group(group, columns).slice(int(self.group_start[group]), int(self.group_rows[group]))
+
+    def group_weights(self) -> np.ndarray | None:
+        if "weight" not in self.columns:
+            return None
+        sums = np.array([self.rows.row_weights(g)[self.group_start[g]:][:self.group_rows[g]].sum()
+                         for g in range(len(self.group_rows))])
+        return sums if sums.sum() > 0 else None
+
+
+def split_rows(uri: str, split: Split, holdout: float) -> ManifestRows | SplitRows:
+    """A source manifest's rows for ``split`` (``all``: every row, as without a holdout)."""
+    rows = ManifestRows(uri)
+    return rows if split == "all" or holdout <= 0 else SplitRows(rows, split, holdout)

@@ -19,10 +19,11 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard
 
 from core.config import to_dict
+from models.sharded import read_model_state, read_record
 from train.fsdp import compute_dtype, data_parallel_mesh, mixed_precision_policy, parallelize
 from train.optim import build_optimizer
 from train.schedules import build_schedules
-from train.state import TrainState, load_checkpoint, read_model_state, save_checkpoint
+from train.state import TrainState, load_checkpoint, save_checkpoint
 from train.step import JEPA, build_jepa, train_step
 
 WORLD, ACCUM, STEPS = 2, 2, 2
@@ -114,7 +115,7 @@ def test_two_ranks_match_one_process(sharded_run):
 def test_checkpoint_reshards_to_one_process(sharded_run):
     cfg = small_config()
     jepa, optimizer = _setup(cfg, mesh=None)
-    state, record = load_checkpoint(sharded_run / "ckpt", jepa, optimizer, cfg.model)
+    state, record = load_checkpoint(sharded_run / "ckpt", jepa, optimizer), read_record(sharded_run / "ckpt")
     assert state == TrainState(step=STEPS, samples_seen=16, mask_step=4) and record["world_size"] == WORLD
     saved = read_model_state(sharded_run / "ckpt")
     torch.testing.assert_close(jepa.state_dict()["encoder.blocks.1.mlp.fc1.weight"],

@@ -11,9 +11,8 @@ import pytest
 from core.config import to_dict
 from core.errors import UserError
 from models.config import ModelConfig
-from train.pretrain import existing_checkpoint
+from train.launch import existing_checkpoint
 from train.state import (
-    RAY_SNAPSHOT_FILE,
     STATE_FILE,
     IncompatibleCheckpoint,
     check_compatible,
@@ -32,18 +31,33 @@ def _checkpoint(run: Path, step: int, complete: bool = True) -> Path:
     return path
 
 
-def _ray_record(run: Path, step: int) -> None:
-    (run / RAY_SNAPSHOT_FILE).write_text(json.dumps(
-        {"latest_checkpoint_result": {"checkpoint_dir_name": checkpoint_dir_name(step), "metrics": {}}}))
+def _ray_record(run: Path) -> None:
+    """Ray's own record of a checkpoint at step 2 in ``run`` (a real one-worker Ray Train run)."""
+    import tempfile
+
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    def report_step_2() -> None:  # nested: pickled by value, so workers need not import this test module
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, STATE_FILE).write_text("{}")
+            ray.train.report({"step": 2}, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=checkpoint_dir_name(2))
+
+    TorchTrainer(report_step_2, scaling_config=ray.train.ScalingConfig(num_workers=1),
+                 run_config=ray.train.RunConfig(name=run.name, storage_path=str(run.parent))).fit()
 
 
-def test_ray_runs_resume_only_from_registered_checkpoints(tmp_path):
+def test_ray_runs_resume_only_from_registered_checkpoints(ray_session, tmp_path):
     run = tmp_path / "checkpoints"
     _checkpoint(run, 2)
     assert latest_checkpoint(str(run)) is None  # uploaded, not yet registered by Ray
-    _ray_record(run, 2)
+    _ray_record(run)
     _checkpoint(run, 4)  # rank 0's part of a checkpoint whose other ranks are still uploading
     assert latest_checkpoint(str(run)) == str(run / "step_00000002")
+    # a run directory belongs to one mode: local mode refuses a directory Ray Train workers wrote
+    with pytest.raises(UserError, match="written by Ray Train workers"):
+        existing_checkpoint(str(run), ray_managed=False)
 
 
 def test_local_runs_resume_from_the_newest_complete_checkpoint(tmp_path):
@@ -55,16 +69,12 @@ def test_local_runs_resume_from_the_newest_complete_checkpoint(tmp_path):
     assert latest_checkpoint(str(run), ray_managed=False) == str(run / "step_00000004")
 
 
-def test_a_run_directory_belongs_to_one_mode(tmp_path):
-    local, ray_run = tmp_path / "local", tmp_path / "ray"
+def test_ray_workers_refuse_a_local_mode_directory(tmp_path):
+    local = tmp_path / "local"
     _checkpoint(local, 2)
     with pytest.raises(UserError, match="no record of"):
         existing_checkpoint(str(local), ray_managed=True)
     assert existing_checkpoint(str(local), ray_managed=False) == str(local / "step_00000002")
-    _checkpoint(ray_run, 2)
-    _ray_record(ray_run, 2)
-    with pytest.raises(UserError, match="written by Ray Train workers"):
-        existing_checkpoint(str(ray_run), ray_managed=False)
     assert existing_checkpoint(str(tmp_path / "fresh"), ray_managed=True) is None
 
 

@@ -70,6 +70,8 @@ class TrainerConfig:
     max_failures: int = 0
     log_every: int = 10
     stop_after: int = 0  # stop (with a checkpoint) after this step, to resume later; 0: optim.total_steps
+    eval_every: int = 0  # validation loss on the held-out stream every N steps and at the end; 0: never
+    eval_samples: int = 64  # clips in the held-out stream (the same clips and masks at every evaluation)
     prefetch_batches: int = 2  # Ray Data batches fetched ahead of the step
     target_std_floor: float = 0.05  # warn (log + MLflow) below this target-feature std: collapse
 

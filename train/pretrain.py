@@ -24,22 +24,21 @@ from pathlib import Path
 from typing import Any
 
 from core import storage
-from core.config import load_config, to_dict
+from core.config import load_config
 from core.entry import module_main
 from core.errors import UserError
 from core.ray_session import connect
 from core.redact import setup_logging
 from core.tracking import resolve_uri, runs_root, start_run
-from models.checkpoint import load_meta_checkpoint
+from models.checkpoint import checkpoint_kind, load_meta_checkpoint
 from pipelines.dataset import train_data_config
 from train.config import PretrainConfig
-from train.fsdp import backend
-from train.loop import DATASET, TrainData, stop_step, train_loop_per_worker
+from train.launch import CHECKPOINTS, build_trainer, existing_checkpoint, export_checkpoint
+from train.loop import TrainJob
 from train.optim import plan_batch
+from train.pretrain_recipe import PretrainRecipe
 from train.run_tracking import attach_run
 from train.state import (
-    RAY_SNAPSHOT_FILE,
-    STATE_FILE,
     check_compatible,
     export_meta,
     latest_checkpoint,
@@ -48,8 +47,6 @@ from train.state import (
 )
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = "checkpoints"  # Ray Train run name: checkpoints live in <output_dir>/checkpoints/
 
 
 @dataclass
@@ -97,7 +94,7 @@ def init_record(init: str) -> dict[str, Any]:
     """The training record of ``run.init_checkpoint`` (sharded dir or our Meta-layout export), or {}."""
     if not init:
         return {}
-    if storage.exists(storage.join(init, STATE_FILE)):
+    if checkpoint_kind(init) == "sharded":
         return read_record(init)
     return load_meta_checkpoint(init).extras.get("vjepa2_ray_train", {})
 
@@ -124,42 +121,6 @@ def cpus_needed(cfg: PretrainConfig) -> float:
     """Logical CPUs the trainers and the decode pool take together (a local Ray gets at least that)."""
     data, trainer = cfg.data, cfg.trainer
     return max(1, trainer.num_workers) * trainer.cpus_per_worker + data.num_decode_workers * data.decode_cpus
-
-
-def existing_checkpoint(run_uri: str, ray_managed: bool) -> str | None:
-    """The checkpoint this run would resume from. Refuses a run directory kept in the other mode: Ray
-    Train workers resume from Ray's checkpoint record, which local mode neither reads nor updates."""
-    has_ray_record = storage.exists(storage.join(run_uri, RAY_SNAPSHOT_FILE))
-    unrecorded = latest_checkpoint(run_uri, ray_managed=False)
-    if not ray_managed and has_ray_record:
-        raise UserError(f"{run_uri} was written by Ray Train workers; continue it with trainer.num_workers >= 1")
-    if ray_managed and not has_ray_record and unrecorded:
-        raise UserError(f"{run_uri} holds checkpoints Ray Train has no record of ({unrecorded}: written in local "
-                        "mode, or by a run stopped before its first checkpoint registered); continue it with "
-                        "trainer.num_workers=0 or choose another run.output_dir")
-    return latest_checkpoint(run_uri, ray_managed=ray_managed)
-
-
-def _trainer(cfg: PretrainConfig, loop_cfg: dict[str, Any], global_batch: int, dataset: Any = None) -> Any:
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    fs, path = storage.filesystem_for(cfg.run.output_dir)
-    trainer = cfg.trainer
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_cfg,
-        torch_config=TorchConfig(backend=backend(trainer.use_gpu)),
-        scaling_config=ray.train.ScalingConfig(num_workers=trainer.num_workers, use_gpu=trainer.use_gpu,
-                                               resources_per_worker={"CPU": trainer.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=CHECKPOINTS, storage_path=path, storage_filesystem=fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=trainer.num_to_keep or None),
-            failure_config=ray.train.FailureConfig(max_failures=trainer.max_failures)),
-        datasets={DATASET: dataset or TrainData(cfg.data, loop_cfg["run_uri"], stop_step(cfg), global_batch,
-                                                ray_managed=trainer.num_workers > 0)},
-        dataset_config=train_data_config(cfg.data),  # keeps preserve_order: same sample -> rank on restarts
-    )
 
 
 def starting_point(cfg: PretrainConfig, run_uri: str, own_dataset: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -209,31 +170,23 @@ def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
     record = provenance(cfg)
     connect(cfg.ray, cpus_needed(cfg))
     cfg, run_id, lineage = open_tracking(cfg, resumed, source, record, plan.global_batch)
+    recipe = PretrainRecipe(cfg)
     log.info("pretraining %s: %d workers x %d clips x %d accumulation = global batch %d, steps to %d, output %s",
              cfg.run.name, max(1, cfg.trainer.num_workers), plan.batch_per_worker, plan.grad_accum,
-             plan.global_batch, stop_step(cfg), cfg.run.output_dir)
-    loop_cfg = {"config": to_dict(cfg), "run_uri": run_uri, "mlflow_run_id": run_id,
-                "record": {**record, "lineage": lineage}}
-    result = _trainer(cfg, loop_cfg, plan.global_batch, dataset).fit()
+             plan.global_batch, recipe.stop_step(), cfg.run.output_dir)
+    job = TrainJob(recipe, run_uri, run_id, {**record, "lineage": lineage})
+    result = build_trainer(job, cfg.run.output_dir, plan.global_batch, train_data_config(cfg.data), dataset).fit()
     checkpoint = latest_checkpoint(run_uri, ray_managed=cfg.trainer.num_workers > 0)
     if checkpoint is None:
         raise UserError(f"run finished without a checkpoint in {run_uri}")
-    export_path = export(checkpoint, storage.join(cfg.run.output_dir, f"{cfg.run.name}-{Path(checkpoint).name}.pt"))
+    out = storage.join(cfg.run.output_dir, f"{cfg.run.name}-{Path(checkpoint).name}.pt")
+    export_path = export_checkpoint(checkpoint, lambda local: export_meta(local, out))
     with attach_run(cfg.tracking, run_id) as run:
         run.log_text(json.dumps(read_record(checkpoint), indent=1, default=str), "checkpoint/train_state.json")
         run.log_text(json.dumps({"checkpoint": checkpoint, "export": export_path}, indent=1),
                      "checkpoint/locations.json")
         run.set_tags({"vjepa2.checkpoint": checkpoint, "vjepa2.export": export_path})
     return PretrainResult(export_path, checkpoint, cfg.run.output_dir, run_id, result.return_value or {})
-
-
-def export(checkpoint: str, out: str) -> str:
-    """Meta-layout export of a (local or S3) sharded checkpoint."""
-    import ray.train
-
-    fs, path = storage.filesystem_for(checkpoint)
-    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as local:
-        return export_meta(local, out)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from pyarrow import fs as pafs
-from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -38,22 +38,18 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from core import storage
-from core.config import flatten, from_dict, to_dict
+from core.config import flatten, to_dict
 from core.errors import UserError
 from models.checkpoint import save_meta_checkpoint
 from models.config import ModelConfig
-from train.step import JEPA
+from models.sharded import STATE_FILE, is_sharded_checkpoint, load_sharded_checkpoint, read_record
 
 log = logging.getLogger(__name__)
 # DCP warns on every save/load without a process group; local mode and exports do that on purpose.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
-STATE_FILE = "train_state.json"
 CHECKPOINT_PREFIX = "step_"
 FORMAT_VERSION = 1
-# Ray Train V2 records the checkpoint it will hand to restarted workers in this file of the run directory
-# (ray/train/v2/_internal/constants.py); reading it lets the data pipeline start where those workers resume.
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 GIT_REVISION_ENV = "VJEPA2_RAY_GIT_REVISION"
 PACKAGES = ("torch", "ray", "numpy", "mlflow", "pyarrow", "vjepa2-ray")
 # Fields that may change between phases without touching a weight: RoPE has no position table, so frames
@@ -71,7 +67,8 @@ class TrainState:
 
     step: int = 0  # optimizer steps done
     samples_seen: int = 0  # data position: global index of the next sample
-    mask_step: int = 0  # mask-sampler counter: collator calls per rank so far
+    # collate calls per rank so far: seeds per-batch randomness (the masks); the name predates other recipes
+    mask_step: int = 0
 
     def advance(self, global_batch: int, grad_accum: int) -> None:
         self.step += 1
@@ -141,14 +138,14 @@ def _rank() -> int:
     return dist.get_rank() if _is_distributed() else 0
 
 
-def save_checkpoint(path: str | Path, jepa: JEPA, optimizer: torch.optim.Optimizer, state: TrainState,
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
                     record: dict[str, Any]) -> None:
     """Collective: every rank writes its shards to its own local ``path``; rank 0 adds ``train_state.json``.
 
     ``record`` is :func:`provenance` plus whatever the caller adds (schedules, batch plan, MLflow run id).
     """
     Path(path).mkdir(parents=True, exist_ok=True)
-    model_sd, optim_sd = get_state_dict(jepa, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path), no_dist=not _is_distributed())
     if _rank() == 0:
         payload = {"format": FORMAT_VERSION, "state": asdict(state),
@@ -156,26 +153,13 @@ def save_checkpoint(path: str | Path, jepa: JEPA, optimizer: torch.optim.Optimiz
         Path(path, STATE_FILE).write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
 
 
-def read_record(path: str) -> dict[str, Any]:
-    """``train_state.json`` of a checkpoint directory (local path or s3:// URI)."""
-    state_uri = storage.join(str(path), STATE_FILE)
-    if not storage.exists(state_uri):
-        raise UserError(f"{path}: not a training checkpoint (no {STATE_FILE})")
-    try:
-        return json.loads(storage.read_bytes(state_uri))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{state_uri}: corrupt checkpoint record: {exc}") from exc
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+    """Collective: restore weights and AdamW state into the (possibly sharded) ``model``; DCP reshards.
 
-
-def load_checkpoint(path: str | Path, jepa: JEPA, optimizer: torch.optim.Optimizer,
-                    model_cfg: ModelConfig) -> tuple[TrainState, dict[str, Any]]:
-    """Collective: restore weights and AdamW state into the (possibly sharded) ``jepa``; DCP reshards.
-
-    Returns the saved :class:`TrainState` and the checkpoint's record. The architecture is checked first.
+    Returns the saved :class:`TrainState`. Check the architecture first (the recipe's ``check_compatible``).
     """
     record = read_record(str(path))
-    check_compatible(record["config"]["model"], model_cfg, str(path))
-    model_sd, optim_sd = get_state_dict(jepa, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
     # get_state_dict gives a fresh AdamW state for every parameter, but parameters that never had a gradient
     # (the unused mask tokens, vjepa2.md 2) have none in the checkpoint: ask only for what was saved.
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
@@ -183,19 +167,9 @@ def load_checkpoint(path: str | Path, jepa: JEPA, optimizer: torch.optim.Optimiz
                          if f"optim.state.{fqn}.step" in saved}
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path), no_dist=not _is_distributed())
-    set_model_state_dict(jepa, state["model"])
-    set_optimizer_state_dict(jepa, optimizer, state["optim"], options=StateDictOptions(strict=False))
-    return TrainState(**record["state"]), record
-
-
-def read_model_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The full (unsharded) model state of a checkpoint, read in one process without a process group."""
-    meta = dcp.FileSystemReader(str(path)).read_metadata()
-    model = {key[len("model."):]: torch.empty(entry.size, dtype=entry.properties.dtype)
-             for key, entry in meta.state_dict_metadata.items()
-             if key.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
-    dcp.load({"model": model}, checkpoint_id=str(path), no_dist=True)
-    return model
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optim"], options=StateDictOptions(strict=False))
+    return TrainState(**record["state"])
 
 
 def export_meta(path: str | Path, out: str, model_cfg: ModelConfig | None = None) -> str:
@@ -204,40 +178,46 @@ def export_meta(path: str | Path, out: str, model_cfg: ModelConfig | None = None
     The result loads with ``models.checkpoint.load_encoder`` / ``vjepa2-ray embed``; the training record
     (step, git revision, config) rides along under ``vjepa2_ray_train``, a key Meta's loaders ignore.
     """
-    record = read_record(str(path))
-    if model_cfg is None:
-        model_cfg = from_dict(ModelConfig, record["config"]["model"], origin_name=f"{path}/{STATE_FILE}")
-    full = read_model_state(path)
-    parts = {name: {k[len(name) + 1:]: v for k, v in full.items() if k.startswith(f"{name}.")}
-             for name in ("encoder", "predictor", "target_encoder")}
+    ckpt = load_sharded_checkpoint(path)
+    record = ckpt.extras["vjepa2_ray_train"]
     extra = {"epoch": record["state"]["step"], "vjepa2_ray_train": {
         k: record.get(k) for k in ("state", "git_revision", "packages", "mlflow_run_id", "lineage", "world_size")}}
-    save_meta_checkpoint(out, parts["encoder"], parts["predictor"], parts["target_encoder"], model_cfg=model_cfg,
-                         extra=extra)
+    save_meta_checkpoint(out, ckpt.state("encoder"), ckpt.state("predictor"), ckpt.state("target_encoder"),
+                         model_cfg=model_cfg or ckpt.model_cfg, extra=extra)
     log.info("exported %s -> %s (Meta layout)", path, out)
     return out
 
 
-def latest_checkpoint(run_uri: str, *, ray_managed: bool = True) -> str | None:
-    """The checkpoint a (re)started run resumes from.
+def ray_checkpoint(run_uri: str) -> str | None:
+    """The checkpoint Ray Train registered last in run directory ``run_uri`` (the one it hands restarted
+    workers), through Ray's public ``Result.from_path``; None when Ray has no record of the run there.
+    A ``step_*`` directory that exists but is not registered yet (some rank's upload still running)
+    does not count."""
+    import ray.train
 
-    Ray Train workers (``ray_managed``) resume from the checkpoint Ray registered last, which Ray records in
-    the run directory; a ``step_*`` directory that exists but is not registered yet (some rank's upload
-    still running) must not count. Local mode keeps no such record: there the newest ``step_*`` directory
-    with a ``train_state.json`` (written after its shards) is the one.
-    """
-    if ray_managed:
-        snapshot = storage.join(run_uri, RAY_SNAPSHOT_FILE)
-        if not storage.exists(snapshot):
-            return None
-        latest = json.loads(storage.read_bytes(snapshot)).get("latest_checkpoint_result")
-        return storage.join(run_uri, latest["checkpoint_dir_name"]) if latest else None
+    fs, path = storage.filesystem_for(run_uri)
+    try:
+        result = ray.train.Result.from_path(path, storage_filesystem=fs)
+    except RuntimeError:  # no run directory, or no checkpoint record in it
+        return None
+    return storage.join(run_uri, Path(result.checkpoint.path).name) if result.checkpoint else None
+
+
+def newest_complete_checkpoint(run_uri: str) -> str | None:
+    """The newest ``step_*`` directory with a ``train_state.json`` (written after its shards): the
+    checkpoint of a local-mode run, which keeps no Ray record."""
     fs, root = storage.filesystem_for(run_uri)
     infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory
                    and i.base_name.startswith(CHECKPOINT_PREFIX))
     for name in reversed(names):
         candidate = storage.join(run_uri, name)
-        if storage.exists(storage.join(candidate, STATE_FILE)):
+        if is_sharded_checkpoint(candidate):
             return candidate
     return None
+
+
+def latest_checkpoint(run_uri: str, *, ray_managed: bool = True) -> str | None:
+    """The checkpoint a (re)started run resumes from: Ray's record for Ray Train workers, the newest
+    complete directory in local mode."""
+    return ray_checkpoint(run_uri) if ray_managed else newest_complete_checkpoint(run_uri)

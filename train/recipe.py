@@ -1,0 +1,110 @@
+"""What a kind of training brings to the generic Ray Train loop (``train/loop.py``).
+
+The loop owns the duties every training run shares: restore or initialise, the data position, the
+stop step, checkpoint cadence and keep-last-N, rank-0 tracking, timing, and periodic validation on a
+held-out stream. A recipe owns what differs: the networks, the optimizer and schedules, how a batch
+of dataset rows becomes model input, one optimizer step, one validation step, and what is exported.
+Pretraining is one recipe (``train/pretrain_recipe.py``); post-training and probe training are others.
+
+A recipe is created in the driver with its typed config and pickled to the Ray Train controller
+(which builds the datasets) and to every worker (which calls :meth:`Recipe.setup` and trains).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.tracking import TrackingConfig
+from train.config import RunSection, TrainerConfig
+from train.optim import BatchPlan
+
+
+@dataclass
+class StepResult:
+    """One optimizer step as the loop logs it: the loss, the recipe's own metrics and its log line."""
+
+    loss: float
+    clips: int  # this rank's clips in the step
+    tokens: int  # this rank's encoder input tokens in the step
+    metrics: dict[str, float] = field(default_factory=dict)  # logged to MLflow beside loss and throughput
+    summary: str = ""  # the recipe's part of the step's log line, e.g. "lr 1e-3 std 0.41"
+
+
+class Recipe(ABC):
+    """A training recipe. Attributes :attr:`model`, :attr:`optimizer` and :attr:`plan` exist after
+    :meth:`setup`; ``model`` is the root module whose state (with the optimizer's) is checkpointed."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    plan: BatchPlan
+
+    # ---- what the loop reads from the run config ----------------------------------------------------
+    @property
+    @abstractmethod
+    def run(self) -> RunSection: ...
+
+    @property
+    @abstractmethod
+    def trainer(self) -> TrainerConfig: ...
+
+    @property
+    @abstractmethod
+    def tracking(self) -> TrackingConfig: ...
+
+    @property
+    @abstractmethod
+    def total_steps(self) -> int: ...
+
+    def stop_step(self) -> int:
+        """The step this run ends at: ``trainer.stop_after`` (to resume later) or the last one."""
+        return min(self.trainer.stop_after or self.total_steps, self.total_steps)
+
+    # ---- data ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def train_dataset(self, start_sample: int, stop_sample: int) -> Any:
+        """The Ray Dataset of samples ``[start_sample, stop_sample)`` of the training stream."""
+
+    def validates(self) -> bool:
+        """Whether this run validates (then :meth:`val_dataset` and :meth:`validate` are used)."""
+        return False
+
+    def val_dataset(self) -> Any:
+        """The held-out Ray Dataset that :meth:`validate` scores."""
+        raise NotImplementedError(f"{type(self).__name__} has no held-out stream")
+
+    @abstractmethod
+    def collate(self, rows: dict[str, Any], call: int, split: str = "train") -> dict[str, Any]:
+        """A batch of dataset rows -> model input. ``call`` counts this rank's calls on ``split`` ("train"
+        or "val") and seeds per-batch randomness, so a resumed run collates the same batches."""
+
+    # ---- networks and steps ---------------------------------------------------------------------------
+    @abstractmethod
+    def setup(self, world_size: int, rank: int, init_weights: str = "") -> None:
+        """Seeded networks (the same on every rank), optional Meta-layout ``init_weights``, parallelism,
+        optimizer and schedules; sets ``model``, ``optimizer`` and ``plan``."""
+
+    @abstractmethod
+    def check_compatible(self, record: dict[str, Any], where: str) -> None:
+        """Refuse (raise a UserError) a checkpoint record whose architecture does not fit this run."""
+
+    @abstractmethod
+    def step(self, step: int, micro_batches: Iterator[dict[str, Any]]) -> StepResult:
+        """Optimizer step ``step`` (0-based) over ``plan.grad_accum`` collated micro-batches."""
+
+    def validate(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
+        """Metrics over the collated held-out batches, averaged over ranks; must include ``val_loss``."""
+        raise NotImplementedError(f"{type(self).__name__} has no validation step")
+
+    def summary(self) -> dict[str, Any]:
+        """What the recipe adds to rank 0's return value (e.g. per-step curves of its own metrics)."""
+        return {}
+
+    def record(self) -> dict[str, Any]:
+        """What the recipe adds to every checkpoint's ``train_state.json`` (e.g. its schedules)."""
+        return {}
