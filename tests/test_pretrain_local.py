@@ -16,7 +16,7 @@ from pretrain_utils import TINY, world_config, world_overrides
 
 from core.entry import module_main
 from core.tracking import find_runs, local_store_uri
-from models.checkpoint import load_encoder, load_meta_checkpoint
+from models.checkpoint import CheckpointError, checkpoint_kind, load_encoder, load_meta_checkpoint
 from train.pretrain import CHECKPOINTS, pretrain
 from train.schedules import LinearDecay, WarmupConstant
 from train.state import IncompatibleCheckpoint, read_record
@@ -57,6 +57,22 @@ def test_cli_prints_the_exported_checkpoint_last(main_run):
     assert ckpt.extras["vjepa2_ray_train"]["state"]["step"] == STEPS
     assert sorted(p.name for p in (main_run["out"] / CHECKPOINTS).glob("step_*")) == [
         "step_00000002", "step_00000003"]
+
+
+def test_every_checkpoint_kind_is_recognised_and_loads_the_same_encoder(main_run, tmp_path):
+    sharded = main_run["out"] / CHECKPOINTS / "step_00000003"
+    export = main_run["out"] / "pretrain-tiny-step_00000003.pt"
+    assert checkpoint_kind(sharded) == "sharded" and checkpoint_kind(export) == "meta"
+    from_shards, cfg = load_encoder(sharded, key="target_encoder")  # a training checkpoint, read without Ray
+    from_export, _ = load_encoder(export, key="target_encoder")
+    assert cfg.preset == "tiny"
+    for (name, a), b in zip(from_shards.state_dict().items(), from_export.state_dict().values()):
+        assert torch.equal(a, b), name
+    (tmp_path / "stray").mkdir()
+    with pytest.raises(CheckpointError, match="neither a training checkpoint"):
+        checkpoint_kind(tmp_path / "stray")
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint_kind(tmp_path / "missing.pt")
 
 
 def test_mlflow_run_has_config_recipe_metrics_and_checkpoint_locations(main_run):
