@@ -151,7 +151,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
 
 
 # A local Ray sized for a laptop: logical CPUs above the cores so decode actors and a trainer fit together
-# (ray.md 3.1), a small object store, never a remote cluster.
+# (docs/reference.md R-ray-3.1), a small object store, never a remote cluster.
 DEMO_RAY = RayConfig(address="local", num_cpus=max(4, os.cpu_count() or 1), object_store_mb=512, log_to_driver=False)
 
 

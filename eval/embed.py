@@ -2,7 +2,7 @@
 
 A video gets the standard eval preprocessing (short side to crop*256/224, center crop, ImageNet
 normalisation) on FRAMES frames sampled at FPS from START seconds (default: the middle of the video); an
-image (jpg/png/...) is repeated to a clip (vjepa2.md 5.4); a .npy is a float array [C, T, H, W] already
+image (jpg/png/...) is repeated to a clip (docs/reference.md R-vjepa2-5.4); a .npy is a float array [C, T, H, W] already
 preprocessed and fed as is. Output: float32 [N_tokens, D], or [D] with --pool mean. Examples:
 
     vjepa2-ray embed --checkpoint vitl.pt --input clip.mp4 --out feats.npy
@@ -33,7 +33,7 @@ from pipelines.transforms import eval_preprocess
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FPS = 4.0  # vjepa2.md 5.3: V-JEPA 2 samples clips at 4 fps
+DEFAULT_FPS = 4.0  # docs/reference.md R-vjepa2-5.3: V-JEPA 2 samples clips at 4 fps
 
 
 class EmbedInputError(UserError):
@@ -79,7 +79,7 @@ def embed_video(encoder: VisionTransformer, model_cfg: ModelConfig, video_path: 
 
 def embed_image(encoder: VisionTransformer, model_cfg: ModelConfig, image_path: str,
                 frames: int | None = None) -> np.ndarray:
-    """An RGB image repeated to a static clip of ``frames`` frames (vjepa2.md 5.4)."""
+    """An RGB image repeated to a static clip of ``frames`` frames (docs/reference.md R-vjepa2-5.4)."""
     try:
         image = read_image(fetch(image_path))  # [H, W, 3] uint8
     except SampleError as exc:

@@ -1,4 +1,4 @@
-"""The V-JEPA 2-AC action-conditioned predictor and its frame encoding (vjepa2.md 6.1-6.2).
+"""The V-JEPA 2-AC action-conditioned predictor and its frame encoding (docs/reference.md R-vjepa2-6.1, R-vjepa2-6.2).
 
 Per time step t the sequence holds ``[a_t, s_t, (e_t,) patch tokens of frame t]``; attention is
 block-causal over steps (bidirectional within a step). Frame tokens get the full 3D RoPE, the action/state
@@ -28,9 +28,11 @@ def ac_rope(steps: int, cond_tokens: int, grid_hw: tuple[int, int], head_dim: in
             interleave: bool = False, device: torch.device | None = None) -> RopeTables:
     """Tables for the AC token layout: per step ``cond_tokens`` temporal-only tokens, then H*W frame tokens.
 
-    vjepa2.md 6.1: the cond tokens rotate only the t chunk (pos = t). Giving them h = w = 0 does exactly
+    docs/reference.md R-vjepa2-6.1: the cond tokens rotate only the t chunk (pos = t). Giving them h = w = 0 does
+    exactly
     that: angle 0 is cos 1 / sin 0, bit-identical to not rotating. Meta also scales the frame tokens' h, w
-    by grid_size/H_p (vjepa2.md 1.4); the AC grid is always the predictor's own grid, so that factor is 1.
+    by grid_size/H_p (docs/reference.md R-vjepa2-1.4); the AC grid is always the predictor's own grid, so that factor
+    is 1.
     """
     _, width = grid_hw
     per_step = cond_tokens + grid_hw[0] * width
@@ -62,7 +64,7 @@ class ACPredictor(nn.Module):
         return self.grid_hw[0] * self.grid_hw[1]
 
     def init_weights(self) -> None:
-        """trunc_normal 0.02 and the residual rescale (vjepa2.md 6.1); no mask tokens."""
+        """trunc_normal 0.02 and the residual rescale (docs/reference.md R-vjepa2-6.1); no mask tokens."""
         init_weights(self)
         rescale_residuals(self.predictor_blocks)
 
@@ -92,7 +94,7 @@ class ACPredictor(nn.Module):
 
 
 def encode_frames(encoder: VisionTransformer, clip: Tensor, normalize: bool = True) -> Tensor:
-    """vjepa2.md 6.2: encode each frame of ``[B, C, T, H, W]`` alone, duplicated to fill the tubelet,
+    """docs/reference.md R-vjepa2-6.2: encode each frame of ``[B, C, T, H, W]`` alone, duplicated to fill the tubelet,
     giving ``[B, T*H_p*W_p, D]``; ``normalize`` applies the parameter-free layer norm (``normalize_reps``)."""
     batch, chans, frames, height, width = clip.shape
     single = clip.permute(0, 2, 1, 3, 4).reshape(batch * frames, chans, 1, height, width)

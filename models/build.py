@@ -23,7 +23,8 @@ from models.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-# vjepa2.md 9.2: released files are 16- or 64-frame models; used only to read a legacy pos_embed's size.
+# docs/reference.md R-vjepa2-9.2: released files are 16- or 64-frame models; used only to read a legacy pos_embed's
+# size.
 RELEASED_FRAMES = (16, 64)
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints in Meta's layout (vjepa2.md 9.2): load released files, save files Meta's loaders accept.
+"""Checkpoints in Meta's layout (docs/reference.md R-vjepa2-9.2): load released files, save files Meta's loaders accept.
 
 A file is a dict with ``encoder`` / ``target_encoder`` / ``predictor`` state dicts plus training extras
 (``opt``, ``epoch``, ...). Loading strips the ``module.`` / ``backbone.`` prefixes (DDP, MultiSeqWrapper),
@@ -35,7 +35,7 @@ ARCH_KEY = "vjepa2_ray"
 FORMAT_VERSION = 1
 # DDP, Meta's MultiSeqWrapper, and torch.compile wrap the modules; Meta's loaders strip the first two.
 WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")
-LEGACY_KEYS = ("pos_embed", "predictor_pos_embed")  # vjepa2.md 9.2: sincos tables unused with RoPE
+LEGACY_KEYS = ("pos_embed", "predictor_pos_embed")  # docs/reference.md R-vjepa2-9.2: sincos tables unused with RoPE
 MAX_LISTED_KEYS = 8
 
 StateDict = dict[str, Tensor]

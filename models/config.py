@@ -1,7 +1,7 @@
 """Architecture configs for the V-JEPA 2 networks (plain dataclasses, no torch import).
 
 The numbers of the released models live in ``configs/model/<preset>.yaml``; these dataclasses give the
-schema and the ViT-L defaults (``../shared/reference/vjepa2.md`` sections 1.1 and 2).
+schema and the ViT-L defaults (``docs/reference.md`` R-vjepa2-1.1 and R-vjepa2-2).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class TransformerWidths:
 
 @dataclass
 class EncoderConfig(TransformerWidths):
-    """Video ViT with a Conv3d tubelet embedding and 3D RoPE (vjepa2.md 1.1-1.4)."""
+    """Video ViT with a Conv3d tubelet embedding and 3D RoPE (docs/reference.md R-vjepa2-1.1, R-vjepa2-1.2,
+    R-vjepa2-1.3, R-vjepa2-1.4)."""
 
     img_size: int = 256
     num_frames: int = 16
@@ -40,28 +41,29 @@ class EncoderConfig(TransformerWidths):
     num_heads: int = 16
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
-    # vjepa2.md 1.4: released weights use the tiled RoPE frequency layout; True selects the
+    # docs/reference.md R-vjepa2-1.4: released weights use the tiled RoPE frequency layout; True selects the
     # corrected interleaved layout (V-JEPA 2.1 / HF ``use_rope_interleave``).
     rope_interleave: bool = False
 
 
 @dataclass
 class PredictorConfig(TransformerWidths):
-    """Mask-token predictor (vjepa2.md 2)."""
+    """Mask-token predictor (docs/reference.md R-vjepa2-2)."""
 
     embed_dim: int = 384
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
     num_mask_tokens: int = 10
-    # vjepa2.md 1.4: Meta's predictor decodes token positions on a square img_size/patch grid even for
+    # docs/reference.md R-vjepa2-1.4: Meta's predictor decodes token positions on a square img_size/patch grid even for
     # non-square inputs; False uses the real input grid instead.
     square_grid: bool = True
 
 
 @dataclass
 class ACPredictorConfig(TransformerWidths):
-    """V-JEPA 2-AC action-conditioned predictor (vjepa2.md 6.1); its token grid is the encoder's img_size/patch."""
+    """V-JEPA 2-AC action-conditioned predictor (docs/reference.md R-vjepa2-6.1); its token grid is the encoder's
+    img_size/patch."""
 
     embed_dim: int = 1024
     depth: int = 24
@@ -70,7 +72,8 @@ class ACPredictorConfig(TransformerWidths):
     action_dim: int = 7
     state_dim: int = 7
     extrinsics_dim: int = 6
-    # vjepa2.md 6.1: the released model builds extrinsics_encoder but never feeds it (use_extrinsics: false).
+    # docs/reference.md R-vjepa2-6.1: the released model builds extrinsics_encoder but never feeds it (use_extrinsics:
+    # false).
     use_extrinsics: bool = False
 
 

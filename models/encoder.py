@@ -1,4 +1,5 @@
-"""The V-JEPA 2 video ViT encoder (vjepa2.md 1.1-1.5).
+"""The V-JEPA 2 video ViT encoder (docs/reference.md R-vjepa2-1.1, R-vjepa2-1.2, R-vjepa2-1.3, R-vjepa2-1.4,
+R-vjepa2-1.5).
 
 Conv3d tubelet embedding (2x16x16) -> optional token dropping (keep the given ids) -> pre-LN RoPE blocks ->
 final LayerNorm. No CLS token, no absolute position embedding. Positions come from the real input grid,
@@ -18,7 +19,8 @@ from models.rope import video_rope
 
 
 class PatchEmbed3D(nn.Module):
-    """Conv3d with kernel = stride = (tubelet, patch, patch); tokens t-major, then h, then w (vjepa2.md 1.2)."""
+    """Conv3d with kernel = stride = (tubelet, patch, patch); tokens t-major, then h, then w (docs/reference.md
+    R-vjepa2-1.2)."""
 
     def __init__(self, in_chans: int, dim: int, patch_size: int, tubelet_size: int) -> None:
         super().__init__()
@@ -39,7 +41,7 @@ class VisionTransformer(nn.Module):
     """Video ViT; ``forward(x [B,C,T,H,W], masks=None, out_layers=None)``.
 
     ``masks`` hold the token ids to keep (``[B, K]`` or a list of them, concatenated along the batch);
-    attention then only sees those tokens, each at its true (t, h, w) position (vjepa2.md 1.5).
+    attention then only sees those tokens, each at its true (t, h, w) position (docs/reference.md R-vjepa2-1.5).
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -55,7 +57,7 @@ class VisionTransformer(nn.Module):
         return self.cfg.embed_dim
 
     def init_weights(self) -> None:
-        """vjepa2.md 1.3 init; callable again after ``to_empty()`` for meta-device construction."""
+        """docs/reference.md R-vjepa2-1.3 init; callable again after ``to_empty()`` for meta-device construction."""
         init_weights(self)
         rescale_residuals(self.blocks)
 
@@ -67,7 +69,7 @@ class VisionTransformer(nn.Module):
     def forward(self, x: Tensor, masks: Tensor | Sequence[Tensor] | None = None,
                 out_layers: Sequence[int] | None = None) -> Tensor | list[Tensor]:
         """Tokens ``[B', K, D]`` after the final norm (B' = B x number of masks), or with ``out_layers``
-        the listed layers' outputs, each through the final norm (multilevel probes, vjepa2.md 1.1)."""
+        the listed layers' outputs, each through the final norm (multilevel probes, docs/reference.md R-vjepa2-1.1)."""
         if x.dim() != 5:
             raise ValueError(f"expected a video [B, C, T, H, W], got shape {tuple(x.shape)}")
         grid = self.token_grid(x)

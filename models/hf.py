@@ -1,4 +1,4 @@
-"""Import/export of the Hugging Face ``transformers`` VJEPA2 layout (peers.md 1.8-1.9).
+"""Import/export of the Hugging Face ``transformers`` VJEPA2 layout (docs/reference.md R-peers-1.8, R-peers-1.9).
 
 A HF model is a directory with ``model.safetensors`` and ``config.json`` (``model_type: vjepa2``). The key
 mapping is pure renaming plus two reshapes: Meta's fused ``attn.qkv`` is split into ``query``/``key``/``value``
@@ -66,7 +66,7 @@ def _to_hf(sd: StateDict, prefixes: tuple[tuple[str, str], ...], where: str, out
 def meta_to_hf(encoder_sd: StateDict, predictor_sd: StateDict) -> StateDict:
     """Meta-layout encoder + mask-token predictor state dicts -> one ``VJEPA2Model`` state dict."""
     if "action_encoder.weight" in predictor_sd:
-        raise HFLayoutError("transformers has no V-JEPA 2-AC model (peers.md 1.1); export the AC "
+        raise HFLayoutError("transformers has no V-JEPA 2-AC model (docs/reference.md R-peers-1.1); export the AC "
                             "predictor in Meta's layout instead")
     out: StateDict = {}
     _to_hf(encoder_sd, ENCODER_PREFIXES, "encoder", out)
@@ -118,10 +118,11 @@ def hf_config(cfg: ModelConfig) -> dict[str, Any]:
     """``config.json`` for ``VJEPA2Model``; our full config rides along under ``vjepa2_ray``."""
     enc, pred = cfg.encoder, cfg.predictor
     if cfg.ac_predictor is not None:
-        raise HFLayoutError("transformers has no V-JEPA 2-AC model (peers.md 1.1)")
+        raise HFLayoutError("transformers has no V-JEPA 2-AC model (docs/reference.md R-peers-1.1)")
     if enc.rope_interleave:
-        raise HFLayoutError("transformers' VJEPA2 only implements the tiled RoPE layout (peers.md 1.5); "
-                            "a model with encoder.rope_interleave=true would give different features there")
+        raise HFLayoutError("transformers' VJEPA2 only implements the tiled RoPE layout (docs/reference.md "
+                            "R-peers-1.5); a model with encoder.rope_interleave=true would give different features "
+                            "there")
     return {
         "model_type": "vjepa2", "architectures": ["VJEPA2Model"],
         "patch_size": enc.patch_size, "crop_size": enc.img_size, "frames_per_clip": enc.num_frames,

@@ -1,4 +1,5 @@
-"""Transformer building blocks shared by the encoder, both predictors and the probe (vjepa2.md 1.1, 1.3).
+"""Transformer building blocks shared by the encoder, both predictors and the probe (docs/reference.md R-vjepa2-1.1,
+R-vjepa2-1.3).
 
 Parameter names follow Meta's checkpoints (``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1``,
 ``mlp.fc2``), so released state dicts load without renaming. Attention runs through
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from models.rope import RopeTables
 
 INIT_STD = 0.02
-LN_EPS = 1e-6  # vjepa2.md 1.1: every LayerNorm of the encoder and predictors
+LN_EPS = 1e-6  # docs/reference.md R-vjepa2-1.1: every LayerNorm of the encoder and predictors
 
 
 class Attention(nn.Module):
@@ -38,7 +39,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).view(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if rope is None:
             q, k = qkv[0], qkv[1]
-        else:  # vjepa2.md 1.4: RoPE on q and k only, v untouched
+        else:  # docs/reference.md R-vjepa2-1.4: RoPE on q and k only, v untouched
             q, k = rope.apply(qkv[:2]).unbind(0)
         out = F.scaled_dot_product_attention(q, k, qkv[2], attn_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
@@ -80,7 +81,8 @@ def make_blocks(depth: int, dim: int, num_heads: int, mlp_hidden: int, qkv_bias:
 
 @torch.no_grad()
 def init_weights(module: nn.Module, std: float = INIT_STD) -> None:
-    """vjepa2.md 1.3: Linear/Conv weights trunc_normal(std, cut at absolute +-2), biases 0, LayerNorm 1/0."""
+    """docs/reference.md R-vjepa2-1.3: Linear/Conv weights trunc_normal(std, cut at absolute +-2), biases 0, LayerNorm
+    1/0."""
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
             nn.init.trunc_normal_(m.weight, std=std, a=-2.0, b=2.0)
@@ -93,7 +95,8 @@ def init_weights(module: nn.Module, std: float = INIT_STD) -> None:
 
 @torch.no_grad()
 def rescale_residuals(blocks: Iterable[Block]) -> None:
-    """vjepa2.md 1.3: divide block l's ``attn.proj`` and ``mlp.fc2`` weights by sqrt(2*l), l 1-based."""
+    """docs/reference.md R-vjepa2-1.3: divide block l's ``attn.proj`` and ``mlp.fc2`` weights by sqrt(2*l), l
+    1-based."""
     for layer, block in enumerate(blocks, start=1):
         block.attn.proj.weight.div_(math.sqrt(2.0 * layer))
         block.mlp.fc2.weight.div_(math.sqrt(2.0 * layer))

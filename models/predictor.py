@@ -1,4 +1,4 @@
-"""The V-JEPA 2 mask-token predictor (vjepa2.md 2).
+"""The V-JEPA 2 mask-token predictor (docs/reference.md R-vjepa2-2).
 
 Context tokens (encoder outputs at ``masks_x``) are projected to the predictor width, a learned mask token is
 placed at every target id (``masks_y``), the joint sequence is sorted by token id so the blocks see a
@@ -32,7 +32,8 @@ class Predictor(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """trunc_normal 0.02, residual rescale, mask tokens zero (``zero_init_mask_tokens``, vjepa2.md 2)."""
+        """trunc_normal 0.02, residual rescale, mask tokens zero (``zero_init_mask_tokens``, docs/reference.md
+        R-vjepa2-2)."""
         init_weights(self)
         rescale_residuals(self.predictor_blocks)
         with torch.no_grad():
@@ -41,7 +42,7 @@ class Predictor(nn.Module):
 
     def _grid_hw(self, grid: tuple[int, int, int] | None) -> tuple[int, int]:
         if self.cfg.square_grid:
-            # vjepa2.md 1.4 quirk: Meta decodes predictor positions on a square img_size/patch grid,
+            # docs/reference.md R-vjepa2-1.4 quirk: Meta decodes predictor positions on a square img_size/patch grid,
             # whatever the input's real shape; predictor.square_grid=False uses ``grid`` instead.
             side = self.encoder_cfg.img_size // self.encoder_cfg.patch_size
             return side, side
@@ -53,7 +54,7 @@ class Predictor(nn.Module):
                 grid: tuple[int, int, int] | None = None) -> Tensor:
         """Predictions for the ``masks_y`` tokens, in the order of ``masks_y``.
 
-        ``mask_index`` picks ``mask_tokens[mask_index % num_mask_tokens]``. vjepa2.md 2 quirk: Meta's
+        ``mask_index`` picks ``mask_tokens[mask_index % num_mask_tokens]``. docs/reference.md R-vjepa2-2 quirk: Meta's
         pretraining passes the frames-per-clip group index (0 with one group), a direct call defaults to 1.
         """
         batch, num_ctx, _ = ctx.shape

@@ -1,4 +1,4 @@
-"""Attentive probe on frozen encoder tokens (vjepa2.md 8.1, peers.md 1.7).
+"""Attentive probe on frozen encoder tokens (docs/reference.md R-vjepa2-8.1, R-peers-1.7).
 
 ``depth - 1`` self-attention blocks over the tokens (no RoPE), then one cross-attention block where
 ``num_queries`` learned queries attend to LN(tokens). Key names follow Meta's ``attentive_pooler.py``
@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from models.modules import INIT_STD, MLP, init_weights, make_blocks, rescale_residuals
 
-# vjepa2.md 8.1 / peers.md 1.7: Meta's pooler uses nn.LayerNorm's default eps, unlike the encoder's 1e-6.
+# docs/reference.md R-vjepa2-8.1 / R-peers-1.7: Meta's pooler uses nn.LayerNorm's default eps, unlike the encoder's
+# 1e-6.
 POOLER_LN_EPS = 1e-5
 
 
@@ -66,7 +67,8 @@ class AttentivePooler(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """vjepa2.md 8.1: block l's proj/fc2 / sqrt(2l); the cross block's fc2 / sqrt(2 * last block index)."""
+        """docs/reference.md R-vjepa2-8.1: block l's proj/fc2 / sqrt(2l); the cross block's fc2 / sqrt(2 * last block
+        index)."""
         init_weights(self)
         nn.init.trunc_normal_(self.query_tokens, std=INIT_STD, a=-2.0, b=2.0)
         rescale_residuals(self.blocks)

@@ -1,4 +1,4 @@
-"""3D rotary position embedding of V-JEPA 2 (vjepa2.md 1.4, peers.md 1.5).
+"""3D rotary position embedding of V-JEPA 2 (docs/reference.md R-vjepa2-1.4, R-peers-1.5).
 
 Each attention head splits its ``head_dim`` into ``[t | h | w | rest]`` chunks of ``axis_dim(head_dim)``
 dims each; the rest is not rotated. Positions are integer token coordinates decoded from flat token ids
@@ -57,7 +57,7 @@ def _axis_angles(pos: Tensor, dim: int, interleave: bool) -> Tensor:
     freq = pos.to(torch.float32).unsqueeze(-1) * omega
     if interleave:  # the corrected layout: both members of a pair share one frequency
         return freq.repeat_interleave(2, dim=-1)
-    # vjepa2.md 1.4 quirk (PR #15): Meta tiles [f_0..f_{a/2-1}, f_0..f_{a/2-1}] across adjacent pairs.
+    # docs/reference.md R-vjepa2-1.4 quirk (PR #15): Meta tiles [f_0..f_{a/2-1}, f_0..f_{a/2-1}] across adjacent pairs.
     return torch.cat([freq, freq], dim=-1)
 
 

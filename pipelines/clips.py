@@ -1,9 +1,9 @@
 """From one clip request (a manifest row plus a window seed) to one augmented uint8 clip.
 
-Frame sampling follows Meta's loader (vjepa2.md 5.3): the frame step comes from the video's average
+Frame sampling follows Meta's loader (docs/reference.md R-vjepa2-5.3): the frame step comes from the video's average
 fps, a random window of ``frames_per_clip x step`` source frames is drawn, and short videos are padded
 with their last frame. Rows with scene bounds (``start_s``/``end_s``) sample inside the scene only.
-Images are repeated to fill the clip (vjepa2.md 5.4). Every random choice (window, crop, flip) comes
+Images are repeated to fill the clip (docs/reference.md R-vjepa2-5.4). Every random choice (window, crop, flip) comes
 from ``np.random.default_rng(window_seed)``, so a request decodes to the same clip on any worker and
 with any backend.
 """
@@ -30,7 +30,7 @@ class ClipRequest:
 
 
 def frame_step(video_fps: float, target_fps: float) -> int:
-    """vjepa2.md 5.3: step = ceil(avg_fps) / fps, truncated (7 for 30 fps at 4 fps); at least 1."""
+    """docs/reference.md R-vjepa2-5.3: step = ceil(avg_fps) / fps, truncated (7 for 30 fps at 4 fps); at least 1."""
     if video_fps <= 0 or target_fps <= 0:
         return 1
     # round first: torchcodec reports e.g. 15.000000000000002, which ceil would turn into 16
@@ -48,7 +48,8 @@ def scene_frames(num_frames: int, fps: float, start_s: float | None, end_s: floa
 
 
 def clip_indices(start: int, stop: int, step: int, frames_per_clip: int, rng: np.random.Generator) -> np.ndarray:
-    """``frames_per_clip`` frame indices inside [start, stop), Meta's random-window rule (vjepa2.md 5.3)."""
+    """``frames_per_clip`` frame indices inside [start, stop), Meta's random-window rule (docs/reference.md
+    R-vjepa2-5.3)."""
     length = stop - start
     clip_len = frames_per_clip * step
     if length > clip_len:
@@ -56,7 +57,7 @@ def clip_indices(start: int, stop: int, step: int, frames_per_clip: int, rng: np
         begin = end - clip_len
         indices = np.clip(np.linspace(begin, end, num=frames_per_clip), begin, end - 1)
     else:
-        # Short video: linspace(0, len, len // step) padded with the last frame (vjepa2.md 5.3).
+        # Short video: linspace(0, len, len // step) padded with the last frame (docs/reference.md R-vjepa2-5.3).
         have = length // step
         indices = np.concatenate([np.linspace(0, length, num=have), np.full(frames_per_clip - have, length)])
         indices = np.clip(indices, 0, length - 1)
@@ -92,7 +93,7 @@ def make_clip(request: ClipRequest, cfg: DataConfig, out: np.ndarray | None = No
 def eval_clip_indices(video_frames: int, video_fps: float, frames: int, fps: float,
                  start: float | None = None) -> np.ndarray:
     """Frame ids of ``frames`` frames at ``fps`` from ``start`` seconds (None: centred in the video);
-    ids past the end repeat the last frame (Meta pads short videos the same way, vjepa2.md 5.3)."""
+    ids past the end repeat the last frame (Meta pads short videos the same way, docs/reference.md R-vjepa2-5.3)."""
     if video_frames <= 0 or video_fps <= 0:
         raise ValueError(f"video reports {video_frames} frames at {video_fps} fps")
     duration = video_frames / video_fps

@@ -1,7 +1,7 @@
 """Data configs: VideoMix sources, clip sampling, augmentation and Ray Data execution.
 
-Defaults are the paper's VideoMix22M weights (vjepa2.md 5.1) and Meta's clip sampling
-(16 frames at 4 fps, vjepa2.md 5.3) and augmentation (vjepa2.md 5.5).
+Defaults are the paper's VideoMix22M weights (docs/reference.md R-vjepa2-5.1) and Meta's clip sampling
+(16 frames at 4 fps, docs/reference.md R-vjepa2-5.3) and augmentation (docs/reference.md R-vjepa2-5.5).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class SourceConfig:
 
 
 def videomix22m_sources() -> dict[str, SourceConfig]:
-    """The paper's VideoMix22M mixture (vjepa2.md 5.1); manifests are set per run."""
+    """The paper's VideoMix22M mixture (docs/reference.md R-vjepa2-5.1); manifests are set per run."""
     return {
         "ssv2": SourceConfig(weight=0.056),
         "kinetics": SourceConfig(weight=0.188),
@@ -71,7 +71,7 @@ class DataConfig:
     preserve_order: bool = True  # deterministic sample order (exact resume with one consumer)
     rejects_dir: str = ""  # "" -> <run output>/rejects
     min_frames: int = 2  # videos with fewer frames are quarantined
-    max_video_bytes: int = 1_000_000_000  # Meta's filter_long_videos limit (vjepa2.md 5.3); 0: none
+    max_video_bytes: int = 1_000_000_000  # Meta's filter_long_videos limit (docs/reference.md R-vjepa2-5.3); 0: none
     max_redraws: int = 10  # redraws from the same source before a sample is given up (and recorded)
     progress_every_s: float = 30.0
     # Environment for decode actors, e.g. {AWS_ENDPOINT_URL_S3: http://minio:9000}. Not for secrets:

@@ -3,11 +3,11 @@
 All three video backends index frames the same way: frame ``i`` is the i-th frame in presentation
 order (packets sorted by pts), so the same clip indices give the same frames in each (tests check
 this on a real file with several keyframes and B-frames). decord is the default, as in Meta's
-loader (vjepa2.md 5.3); PyAV covers platforms without decord wheels; torchcodec is optional and needs
+loader (docs/reference.md R-vjepa2-5.3); PyAV covers platforms without decord wheels; torchcodec is optional and needs
 system FFmpeg libraries (``seek_mode="exact"``: the approximate mode returned wrong frames on some files).
 
 A reader is opened per clip and closed after it: with decord, a cached reader serving random clips
-was slower here (0.091 vs 0.068 s per clip, environment.md). Every failure becomes a
+was slower here (0.091 vs 0.068 s per clip, docs/reference.md R-environment-7). Every failure becomes a
 :class:`~pipelines.quarantine.SampleError` with a reason, never an unhandled exception.
 """
 
@@ -30,7 +30,7 @@ Media = str | BinaryIO
 
 
 def is_image(uri: str) -> bool:
-    """Meta's rule (vjepa2.md 5.4): a path ending in an image suffix is read as an image."""
+    """Meta's rule (docs/reference.md R-vjepa2-5.4): a path ending in an image suffix is read as an image."""
     return PurePosixPath(str(uri)).suffix.lower() in IMAGE_SUFFIXES
 
 
@@ -64,7 +64,7 @@ def _check_size(size: int | None, max_bytes: int) -> None:
     if size == 0:
         raise SampleError("empty", "fetch", "0 bytes")
     if max_bytes and size and size > max_bytes:
-        # vjepa2.md 5.3: Meta's filter_long_videos skips files above a size limit.
+        # docs/reference.md R-vjepa2-5.3: Meta's filter_long_videos skips files above a size limit.
         raise SampleError("too_large", "fetch", f"{size} bytes > {max_bytes}")
 
 

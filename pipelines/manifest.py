@@ -2,7 +2,7 @@
 
 A manifest is Parquet with the columns of :data:`MANIFEST_SCHEMA` (``start_s``/``end_s``/``weight``
 optional) plus whatever a stage adds (``cluster_id`` ...). Meta's CSV format (``<path> <int label>``,
-space separated, no header, ``::`` as the fallback delimiter; vjepa2.md 5.2) is read and written too;
+space separated, no header, ``::`` as the fallback delimiter; docs/reference.md R-vjepa2-5.2) is read and written too;
 its rows leave the media columns null.
 
 A manifest that cannot be parsed is a defect of the manifest itself: :class:`ManifestError` names the

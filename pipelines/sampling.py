@@ -1,6 +1,6 @@
 """The clip index: exact, seeded, i.i.d. weighted draws of (source, row, window seed) per virtual epoch.
 
-Meta's ``DistributedWeightedSampler`` (vjepa2.md 5.1) gives each sample the weight
+Meta's ``DistributedWeightedSampler`` (docs/reference.md R-vjepa2-5.1) gives each sample the weight
 dataset_weight / dataset_size and draws ``choice(n, size, p, replace=True)`` per epoch. This index
 draws from the same distribution in two exact steps: a source by its config weight, then a row inside
 it, uniformly, or by the manifest's ``weight`` column when it has one (the curated YT1B manifest).

@@ -1,7 +1,7 @@
 """The source registry (which manifests feed the mix, at which weight) and row-group access to manifests.
 
-Sources come from ``DataConfig.sources`` alone: the five VideoMix22M sources by default (vjepa2.md
-5.1), any other by adding ``{name: {manifest, weight, kind}}``. A source's id is its position in the
+Sources come from ``DataConfig.sources`` alone: the five VideoMix22M sources by default (docs/reference.md
+R-vjepa2-5.1), any other by adding ``{name: {manifest, weight, kind}}``. A source's id is its position in the
 config, weight-0 sources included, so ids (the ``source`` column of batches) do not shift when a
 sweep turns a source off.
 

@@ -3,7 +3,7 @@
 ``vjepa2-ray transcode --manifest IN --out DIR [--gop 16] [--short-side 256] [--out-manifest URI]``
 
 Random-clip decoding is dominated by keyframe spacing: every clip decodes from the keyframe before
-its first frame (environment.md: 6.0 -> 9.6 clips/s with decord on a GOP-122 clip re-encoded with
+its first frame (docs/reference.md R-environment-3: 6.0 -> 9.6 clips/s with decord on a GOP-122 clip re-encoded with
 ``-g 16 -bf 0``). This writes H.264 copies with a keyframe every ``--gop`` frames, no B-frames, and
 the short side scaled to ``--short-side`` (never upscaled), keeping fps and frame count, so labels,
 scene bounds and every other manifest column stay valid. The new manifest points at the copies.

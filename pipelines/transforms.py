@@ -1,4 +1,5 @@
-"""Clip transforms: pretraining augmentation (vjepa2.md 5.5: one random-resized-crop per clip, horizontal
+"""Clip transforms: pretraining augmentation (docs/reference.md R-vjepa2-5.5: one random-resized-crop per clip,
+horizontal
 flip, ImageNet norm) and the deterministic eval preprocessing that evaluation and planning share.
 
 The crop and flip run in the decode actors and return uint8, so clips cross the object store at a
@@ -85,7 +86,7 @@ def resize_bilinear(frames: np.ndarray, size: int) -> np.ndarray:
 def resized_crop(frames: np.ndarray, box: CropBox, size: int, flip: bool, out: np.ndarray | None = None) -> np.ndarray:
     """Crop ``frames`` (uint8 [T, H, W, 3]) to ``box``, resize to size x size, optionally mirror; uint8 out.
 
-    Bilinear with ``align_corners=False`` as Meta's video transform (vjepa2.md 5.5); the result is
+    Bilinear with ``align_corners=False`` as Meta's video transform (docs/reference.md R-vjepa2-5.5); the result is
     rounded back to uint8 (at most 0.5/255 from Meta's float path). ``out``: write there (a row of the
     decode batch) instead of allocating.
     """
@@ -102,7 +103,7 @@ def resized_crop(frames: np.ndarray, box: CropBox, size: int, flip: bool, out: n
 
 
 def augment(frames: np.ndarray, cfg: ClipConfig, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
-    """One crop box and one flip decision for the whole clip (vjepa2.md 5.5)."""
+    """One crop box and one flip decision for the whole clip (docs/reference.md R-vjepa2-5.5)."""
     box = random_resized_crop_box(frames.shape[1], frames.shape[2], cfg.rrc_scale, cfg.rrc_ratio, rng)
     flip = bool(cfg.horizontal_flip and rng.random() < 0.5)
     return resized_crop(frames, box, cfg.crop_size, flip, out)
@@ -120,7 +121,7 @@ def normalize(clips: torch.Tensor) -> torch.Tensor:
 
 def eval_preprocess(frames: np.ndarray, crop_size: int) -> torch.Tensor:
     """uint8 ``[T, H, W, 3]`` -> float ``[3, T, crop, crop]``: short side to int(crop*256/224) (bilinear,
-    antialiased), center crop, ImageNet mean/std (Meta's hub preprocessor, vjepa2.md 8.2). Shared by
+    antialiased), center crop, ImageNet mean/std (Meta's hub preprocessor, docs/reference.md R-vjepa2-8.2). Shared by
     evaluation and planning: deterministic, no augmentation."""
     import torch
     import torch.nn.functional as F

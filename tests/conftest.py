@@ -2,7 +2,7 @@
 
 Ray starts once per test session with ``address="local"`` (never attaching to a developer's cluster)
 and logical CPUs above the 2 physical cores, so a 2-worker trainer and the decode actors fit
-(ray.md section 4). Expensive artifacts are built once per session.
+(docs/reference.md R-ray-4). Expensive artifacts are built once per session.
 """
 
 from __future__ import annotations

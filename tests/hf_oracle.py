@@ -28,7 +28,7 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> tuple[VisionTransformer, Pr
 
 def hf_model(cfg: ModelConfig, encoder: VisionTransformer, predictor: Predictor, crop: int) -> VJEPA2Model:
     """transformers' model holding our weights (through models/hf.py's mapping); crop_size = the input
-    resolution, since HF decodes positions on that square grid (peers.md 1.5)."""
+    resolution, since HF decodes positions on that square grid (docs/reference.md R-peers-1.5)."""
     config = hf_config(dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, img_size=crop)))
     for key in ("model_type", "architectures", "vjepa2_ray"):
         config.pop(key)

@@ -1,4 +1,5 @@
-"""V-JEPA 2-AC predictor (vjepa2.md 6.1-6.2): causality, token layout and RoPE against a literal re-statement
+"""V-JEPA 2-AC predictor (docs/reference.md R-vjepa2-6.1, R-vjepa2-6.2): causality, token layout and RoPE against a
+literal re-statement
 of Meta's ACRoPEAttention (HF's rotate function as the rotation oracle), frame encoding."""
 
 from __future__ import annotations

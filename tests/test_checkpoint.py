@@ -1,4 +1,5 @@
-"""Meta-layout checkpoints (vjepa2.md 9.2): prefixes, legacy keys, extras, round trips, preset recognition,
+"""Meta-layout checkpoints (docs/reference.md R-vjepa2-9.2): prefixes, legacy keys, extras, round trips, preset
+recognition,
 and the named errors for bad files."""
 
 from __future__ import annotations

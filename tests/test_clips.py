@@ -1,4 +1,5 @@
-"""Clip planning (vjepa2.md 5.3-5.4) and augmentation (5.5): fps step, windows, padding, scenes, images, crops."""
+"""Clip planning (docs/reference.md R-vjepa2-5.3, R-vjepa2-5.4) and augmentation (R-vjepa2-5.5): fps step, windows,
+padding, scenes, images, crops."""
 
 from __future__ import annotations
 

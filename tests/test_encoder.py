@@ -1,4 +1,4 @@
-"""Encoder: shapes, token dropping, out_layers, init (vjepa2.md 1.3), meta-device parameter counts."""
+"""Encoder: shapes, token dropping, out_layers, init (docs/reference.md R-vjepa2-1.3), meta-device parameter counts."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def test_out_layers_are_normed_intermediate_outputs(tiny: VisionTransformer) -> 
 
 
 def test_init_follows_reference() -> None:
-    """trunc_normal 0.02, zero biases, LN 1/0, and proj/fc2 of block l divided by sqrt(2l) (vjepa2.md 1.3)."""
+    """trunc_normal 0.02, zero biases, LN 1/0, and proj/fc2 of block l divided by sqrt(2l) (docs/reference.md
+    R-vjepa2-1.3)."""
     torch.manual_seed(0)
     enc = build_encoder(dataclasses.replace(load_model_preset("tiny").encoder, embed_dim=384, num_heads=12))
     assert abs(enc.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.0005
@@ -83,7 +84,8 @@ def test_init_follows_reference() -> None:
 ])
 def test_meta_device_parameter_counts(preset: str, encoder_m: tuple[int, int],
                                       predictor_m: tuple[int, int]) -> None:
-    """ViT-L ~304M, ViT-H ~630M, ViT-g ~1.01B, predictor ~22M, AC predictor ~300M (vjepa2.md 1.1, 2, 6.1)."""
+    """ViT-L ~304M, ViT-H ~630M, ViT-g ~1.01B, predictor ~22M, AC predictor ~300M (docs/reference.md R-vjepa2-1.1,
+    R-vjepa2-2, R-vjepa2-6.1)."""
     counts = count_params(load_model_preset(preset))
     assert encoder_m[0] * 1e6 <= counts["encoder"] <= encoder_m[1] * 1e6
     assert predictor_m[0] * 1e6 <= counts["predictor"] <= predictor_m[1] * 1e6

@@ -1,8 +1,10 @@
-"""Parity with transformers' VJEPA2Model (the oracle), fp32, max |diff| <= 1e-5 (issue 3, peers.md 1.3-1.5).
+"""Parity with transformers' VJEPA2Model (the oracle), fp32, max |diff| <= 1e-5 (issue 3, docs/reference.md
+R-peers-1.3, R-peers-1.4, R-peers-1.5).
 
 Random weights go through the key mapping of models/hf.py. The encoder is compared on full clips and the
 predictor on contexts gathered from the full-clip encoder output with mask token 1 (HF cannot run a masked
-encoder, peers.md 1.4). Real presets are depth-2 slices (true width, heads, head dim); full depth runs in
+encoder, docs/reference.md R-peers-1.4). Real presets are depth-2 slices (true width, heads, head dim); full depth runs
+in
 tests/gpu/. HF's crop_size is set to the input resolution (it decodes positions on that square grid).
 The masked and non-square encoder paths are checked against HF's own layers fed the true positions.
 """
@@ -49,7 +51,7 @@ def test_encoder_and_predictor_match_transformers(preset: str, res: int) -> None
 
 @pytest.mark.parametrize("preset", ["tiny", "vith"])
 def test_masked_encoder_keeps_true_positions(preset: str) -> None:
-    """vjepa2.md 1.5: kept tokens attend only to each other, each at its original (t, h, w)."""
+    """docs/reference.md R-vjepa2-1.5: kept tokens attend only to each other, each at its original (t, h, w)."""
     cfg, encoder, predictor = ours(preset)
     hf = hf_model(cfg, encoder, predictor, crop=128)
     x = torch.randn(2, 3, 8, 128, 128)

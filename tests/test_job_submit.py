@@ -3,7 +3,7 @@
 The cluster binds to 127.0.0.1 with its own ports and temp dir, so it cannot touch the test session's
 Ray or anyone else's; it is stopped by its own processes (``ray stop`` would end every Ray process on
 the machine, this session's included). ``ray start`` runs with the venv first on PATH: job entrypoints
-resolve ``python`` from the PATH of the process that started the cluster (ray.md 2.9).
+resolve ``python`` from the PATH of the process that started the cluster (docs/reference.md R-ray-2.9).
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def _stop_cluster(temp_dir: str) -> None:
 def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
     """A head node on loopback; yields (dashboard address, environment for the ray CLI)."""
     temp_dir = tempfile.mkdtemp(prefix="vjr-", dir="/tmp")  # short: Ray's unix socket paths have a length limit
-    token = Path(temp_dir, "auth_token")  # the cluster's own token (token auth on, as ray.md 2.9 advises)
+    # the cluster's own token (token auth on, as docs/reference.md R-ray-2.9 advises)
+    token = Path(temp_dir, "auth_token")
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -1,4 +1,5 @@
-"""V-JEPA loss, EMA (plain and FSDP2 DTensor), and the 2-AC teacher-forcing + rollout loss (vjepa2.md 4.1, 6.3)."""
+"""V-JEPA loss, EMA (plain and FSDP2 DTensor), and the 2-AC teacher-forcing + rollout loss (docs/reference.md
+R-vjepa2-4.1, R-vjepa2-6.3)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def test_ac_loss_values_match_teacher_forcing_plus_two_step_rollout(ac: ACPredic
 
 
 def test_ac_rollout_gradient_flows_back_through_the_teacher_forced_prediction(ac: ACPredictor) -> None:
-    """vjepa2.md 6.3 (fix 93366fe): z_hat_1 is not detached inside the rollout."""
+    """docs/reference.md R-vjepa2-6.3 (fix 93366fe): z_hat_1 is not detached inside the rollout."""
     z, actions, states = _ac_inputs()
 
     def grad_of(loss: torch.Tensor) -> torch.Tensor:

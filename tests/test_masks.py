@@ -1,4 +1,4 @@
-"""Multiblock 3D mask sampler (vjepa2.md 3): reference statistics, determinism, structure."""
+"""Multiblock 3D mask sampler (docs/reference.md R-vjepa2-3): reference statistics, determinism, structure."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def test_token_grid() -> None:
 
 
 def test_batch_min_fractions_match_the_reference_simulation() -> None:
-    """vjepa2.md 3.2 (B=24): short-range context ~24% / target ~48%, long-range ~6% / ~70% of the tokens."""
+    """docs/reference.md R-vjepa2-3.2 (B=24): short-range context ~24% / target ~48%, long-range ~6% / ~70% of the
+    tokens."""
     fractions = np.array([[[m.shape[1] / N for m in part] for part in sample_masks(default_masks(), 24, GRID,
                                                                                    step, seed=0, rank=0)]
                           for step in range(30)])  # [step, (ctx, tgt), cfg]

@@ -1,4 +1,4 @@
-"""AdamW parameter groups (vjepa2.md 4.2) and the global-batch plan with its LR rule."""
+"""AdamW parameter groups (docs/reference.md R-vjepa2-4.2) and the global-batch plan with its LR rule."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Mask-token predictor: shapes, target order, mask-token index quirk, square-grid switch (vjepa2.md 2, 1.4)."""
+"""Mask-token predictor: shapes, target order, mask-token index quirk, square-grid switch (docs/reference.md
+R-vjepa2-2, R-vjepa2-1.4)."""
 
 from __future__ import annotations
 

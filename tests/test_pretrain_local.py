@@ -136,7 +136,7 @@ def test_cooldown_is_a_child_run_with_its_own_schedule(main_run, sample_world, t
         tags = runs[child.mlflow_run_id].data.tags
         assert tags["mlflow.parentRunId"] == main_id and tags["vjepa2.lineage"] == main_id
         assert tags["vjepa2.phase"] == "cooldown"
-    decay = LinearDecay(1e-3, 1e-6, 2 * 1.25)  # vjepa2.md 4.2: T_max x ipe_scale
+    decay = LinearDecay(1e-3, 1e-6, 2 * 1.25)  # docs/reference.md R-vjepa2-4.2: T_max x ipe_scale
     lr = _history(main_run["uri"], sharded.mlflow_run_id, "lr")
     assert [lr[1], lr[2]] == pytest.approx([decay(0), decay(1)]) and lr[2] > 1e-6 * 10
     before = load_meta_checkpoint(main_run["out"] / "pretrain-tiny-step_00000003.pt").state("encoder")

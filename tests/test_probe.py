@@ -1,4 +1,5 @@
-"""Attentive probe (vjepa2.md 8.1): HF's VJEPA2AttentivePooler with eps 1e-5 as the oracle, init, queries."""
+"""Attentive probe (docs/reference.md R-vjepa2-8.1): HF's VJEPA2AttentivePooler with eps 1e-5 as the oracle, init,
+queries."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from models.probe import AttentiveClassifier, AttentivePooler
 
 
 def _to_hf_pooler(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Meta pooler keys -> HF keys (peers.md 1.9 classifier regexes, with the fused qkv/kv split)."""
+    """Meta pooler keys -> HF keys (docs/reference.md R-peers-1.9 classifier regexes, with the fused qkv/kv split)."""
     out = {}
     for key, value in sd.items():
         name = key.replace("blocks.", "self_attention_layers.").replace("cross_attention_block.",

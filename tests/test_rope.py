@@ -1,4 +1,4 @@
-"""3D RoPE: axis split, position decoding, the tiled-frequency quirk (vjepa2.md 1.4), HF as oracle."""
+"""3D RoPE: axis split, position decoding, the tiled-frequency quirk (docs/reference.md R-vjepa2-1.4), HF as oracle."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_unrotated_dims_and_axes_are_untouched_bit_exactly() -> None:
 
 
 def test_tiled_layout_breaks_pair_norms_and_interleaved_keeps_them() -> None:
-    """vjepa2.md 1.4: the tiled layout gives pair members different angles (not a rotation);
+    """docs/reference.md R-vjepa2-1.4: the tiled layout gives pair members different angles (not a rotation);
     the interleaved layout (encoder.rope_interleave) is a true per-pair rotation."""
     torch.manual_seed(0)
     head_dim = 64

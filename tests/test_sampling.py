@@ -1,4 +1,5 @@
-"""The clip index: exact weighted i.i.d. draws (vjepa2.md 5.1), row weights, resume, redraws, bad manifests."""
+"""The clip index: exact weighted i.i.d. draws (docs/reference.md R-vjepa2-5.1), row weights, resume, redraws, bad
+manifests."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LR / WD / EMA schedules of the recipe (vjepa2.md 4.2), including Meta's quirks."""
+"""LR / WD / EMA schedules of the recipe (docs/reference.md R-vjepa2-4.2), including Meta's quirks."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def test_cooldown_stops_short_because_of_ipe_scale():
     sched = build_schedules(OptimConfig(schedule="linear_decay", lr=5.25e-4, final_lr=1e-6, warmup_steps=0,
                                         total_steps=12000, ipe_scale=1.25))
     last = sched.lr(11999)
-    assert last == pytest.approx(5.25e-4 + 0.8 * (1e-6 - 5.25e-4))  # vjepa2.md 4.2: ~1.06e-4, not 1e-6
+    assert last == pytest.approx(5.25e-4 + 0.8 * (1e-6 - 5.25e-4))  # docs/reference.md R-vjepa2-4.2: ~1.06e-4, not 1e-6
     assert last == pytest.approx(1.0580e-4, rel=1e-3)
     assert sched.lr(0) < 5.25e-4 and sched.lr(6000) > last
     exact = build_schedules(OptimConfig(schedule="linear_decay", lr=5.25e-4, final_lr=1e-6, warmup_steps=0,

@@ -1,6 +1,6 @@
 """Per trainer batch: uint8 clips -> normalised float [B, 3, T, H, W], plus the masks of every mask config.
 
-Meta makes masks in the DataLoader's collate (vjepa2.md 3.2), once per trainer batch. Ray Data
+Meta makes masks in the DataLoader's collate (docs/reference.md R-vjepa2-3.2), once per trainer batch. Ray Data
 re-batches rows, so no Data stage sees the trainer's batch; the collator runs on the train worker
 instead, seeded by (seed, global step, rank): block sizes are shared by all ranks at a step, block
 positions differ per rank, and a resumed run makes the same masks from the same step on.

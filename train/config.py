@@ -1,6 +1,7 @@
 """The pretraining run config: one YAML (configs/pretrain/<preset>.yaml) describes a whole run.
 
-Reference numbers: vjepa2.md 3.1 (masks), 4.1-4.2 (loss, optimiser, schedules, phases).
+Reference numbers: docs/reference.md R-vjepa2-3.1 (masks), R-vjepa2-4.1, R-vjepa2-4.2 (loss, optimiser, schedules,
+phases).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pipelines.config import DataConfig
 
 @dataclass
 class MaskConfig:
-    """One multiblock-3D mask config (vjepa2.md 3.1)."""
+    """One multiblock-3D mask config (docs/reference.md R-vjepa2-3.1)."""
 
     spatial_scale: tuple[float, float] = (0.15, 0.15)
     temporal_scale: tuple[float, float] = (1.0, 1.0)
@@ -33,7 +34,8 @@ def default_masks() -> list[MaskConfig]:
 
 @dataclass
 class OptimConfig:
-    """AdamW + schedules (vjepa2.md 4.2). ``schedule``: warmup-constant (main) or linear-decay (cooldown)."""
+    """AdamW + schedules (docs/reference.md R-vjepa2-4.2). ``schedule``: warmup-constant (main) or linear-decay
+    (cooldown)."""
 
     schedule: Literal["warmup_constant", "linear_decay"] = "warmup_constant"
     lr: float = 5.25e-4
@@ -41,7 +43,8 @@ class OptimConfig:
     final_lr: float = 5.25e-4
     warmup_steps: int = 12000
     total_steps: int = 240000
-    # vjepa2.md 4.2: Meta stretches T_max by ipe_scale 1.25, so the cooldown's linear decay stops at ~1.06e-4.
+    # docs/reference.md R-vjepa2-4.2: Meta stretches T_max by ipe_scale 1.25, so the cooldown's linear decay stops at
+    # ~1.06e-4.
     ipe_scale: float = 1.25
     weight_decay: float = 0.04
     betas: tuple[float, float] = (0.9, 0.999)

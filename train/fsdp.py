@@ -2,7 +2,8 @@
 
 The networks in ``models/`` know nothing about any of this. :func:`parallelize` takes a module and the
 ``nn.ModuleList`` of its transformer blocks and, in torchtitan's order,
-1. wraps each block in activation checkpointing (recompute in backward; vjepa2.md 4.2: on in Meta's runs),
+1. wraps each block in activation checkpointing (recompute in backward; docs/reference.md R-vjepa2-4.2: on in Meta's
+runs),
 2. compiles each block (per-block compile keeps graphs small and reusable across blocks),
 3. ``fully_shard``s each block, then the root (patch embed, norms, projections, mask tokens),
 with an explicit :class:`MixedPrecisionPolicy`: bf16 parameters for compute with fp32 gradient
@@ -11,7 +12,7 @@ ranks: Ray Train's local mode, a plain single process, or one worker, where FSDP
 
 Ray Train V2 creates the process group (gloo on CPU workers, NCCL on GPU workers, :func:`backend`);
 ``ray.train.torch.prepare_model(parallel_strategy="fsdp")`` is FSDP1 and GPU-only, so it is not used
-(ray.md 2.6-2.7).
+(docs/reference.md R-ray-2.6, R-ray-2.7).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def training_device(use_gpu: bool) -> torch.device:
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on GPU, fp32 on CPU (vjepa2.md 4.2: Meta trains in bf16 autocast)."""
+    """``auto``: bf16 on GPU, fp32 on CPU (docs/reference.md R-vjepa2-4.2: Meta trains in bf16 autocast)."""
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32

@@ -1,6 +1,6 @@
 """Run health: representation collapse, throughput, and how much of a step is spent waiting for data.
 
-Collapse: with an EMA target and a stop-gradient, the loss alone cannot show collapse (vjepa2.md 10,
+Collapse: with an EMA target and a stop-gradient, the loss alone cannot show collapse (docs/reference.md R-vjepa2-10,
 issue theme 3: "the loss is only a proxy"); a collapsed encoder maps every token to the same vector and
 the loss goes *down*. The standard deviation of the (layer-normed) target features across tokens and
 clips, averaged over channels, shows it: ~1 for diverse features, falling towards 0 on collapse.

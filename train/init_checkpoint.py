@@ -1,6 +1,6 @@
 """Write a randomly initialised V-JEPA 2 model (encoder, target encoder, predictor) in Meta's layout.
 
-The target encoder is a copy of the encoder, as at the start of Meta's pretraining (vjepa2.md 4.1). The
+The target encoder is a copy of the encoder, as at the start of Meta's pretraining (docs/reference.md R-vjepa2-4.1). The
 architecture is recorded in the file, so later commands need no --preset. Example:
 
     vjepa2-ray init-checkpoint --preset tiny --seed 0 --out runs/tiny-init.pt

@@ -1,6 +1,6 @@
 """V-JEPA 2 objectives: the masked-prediction L1 loss, the EMA update, and the 2-AC rollout loss.
 
-References: vjepa2.md 4.1 (V-JEPA loss and EMA), 6.3 (AC teacher forcing + rollout).
+References: docs/reference.md R-vjepa2-4.1 (V-JEPA loss and EMA), R-vjepa2-6.3 (AC teacher forcing + rollout).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ def _local(t: Tensor) -> Tensor:
 
 
 def normalize_targets(target_tokens: Tensor) -> Tensor:
-    """vjepa2.md 4.1: the target encoder's (already final-LN'd) output gets a second, parameter-free LN."""
+    """docs/reference.md R-vjepa2-4.1: the target encoder's (already final-LN'd) output gets a second, parameter-free
+    LN."""
     return F.layer_norm(target_tokens, (target_tokens.size(-1),))
 
 
 def vjepa_loss(preds: Sequence[Tensor], target_tokens: Tensor,
                pred_masks: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
-    """Mean over mask configs of ``mean |pred - LN(target)[mask]|`` (L1, loss_exp 1, vjepa2.md 4.1).
+    """Mean over mask configs of ``mean |pred - LN(target)[mask]|`` (L1, loss_exp 1, docs/reference.md R-vjepa2-4.1).
 
     ``target_tokens [B, N, D]`` is the target encoder's output on the full clip; it is normalised here
     (parameter-free layer norm) and detached, then gathered at each config's target ids ``[B, Kt]``.
@@ -42,7 +43,7 @@ def vjepa_loss(preds: Sequence[Tensor], target_tokens: Tensor,
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """``target <- m * target + (1 - m) * online`` parameter by parameter (vjepa2.md 4.1).
+    """``target <- m * target + (1 - m) * online`` parameter by parameter (docs/reference.md R-vjepa2-4.1).
 
     Works on plain tensors and on FSDP2 DTensors alike: both models must be sharded the same way, and
     the update runs on each parameter's local shard, so no communication happens.
@@ -60,7 +61,8 @@ def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
 
 def ac_loss(predictor: nn.Module, z: Tensor, actions: Tensor, states: Tensor,
             extrinsics: Tensor | None = None, auto_steps: int = 2) -> tuple[Tensor, Tensor, Tensor]:
-    """V-JEPA 2-AC loss L_tf + L_ro (vjepa2.md 6.3); returns (loss, teacher-forcing loss, rollout loss).
+    """V-JEPA 2-AC loss L_tf + L_ro (docs/reference.md R-vjepa2-6.3); returns (loss, teacher-forcing loss, rollout
+    loss).
 
     ``z [B, T*H*W, D]``: the layer-normed frame features of the frozen encoder (targets, detached here);
     ``actions [B, T-1, A]``, ``states [B, T, S]`` (and ``extrinsics [B, T, E]``). Teacher forcing predicts

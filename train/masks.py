@@ -1,4 +1,4 @@
-"""Multiblock 3D masks of V-JEPA 2 pretraining (vjepa2.md 3, Meta's ``multiseq_multiblock3d.py``).
+"""Multiblock 3D masks of V-JEPA 2 pretraining (docs/reference.md R-vjepa2-3, Meta's ``multiseq_multiblock3d.py``).
 
 Per mask config and batch: one block size ``(t, h, w)`` shared by the whole batch, drawn from a generator
 seeded by ``(seed, step)``; per sample, ``num_blocks`` block positions from a generator seeded by
@@ -42,7 +42,8 @@ def _uniform(low_high: tuple[float, float], gen: torch.Generator) -> float:
 
 
 def sample_block_size(cfg: MaskConfig, grid: Grid, gen: torch.Generator) -> tuple[int, int, int]:
-    """vjepa2.md 3.2: t = max(1, int(D*scale_t)); keep = int(H*W*scale_s); h, w from the aspect ratio."""
+    """docs/reference.md R-vjepa2-3.2: t = max(1, int(D*scale_t)); keep = int(H*W*scale_s); h, w from the aspect
+    ratio."""
     depth, height, width = grid
     t = max(1, int(depth * _uniform(cfg.temporal_scale, gen)))
     keep = int(height * width * _uniform(cfg.spatial_scale, gen))
@@ -68,14 +69,14 @@ def _masked_grids(count: int, cfg: MaskConfig, grid: Grid, size: tuple[int, int,
               & (w_idx >= left) & (w_idx < left + w))
     masked = inside.any(dim=1)
     keep_frames = max(1, int(depth * cfg.max_temporal_keep))
-    masked[:, keep_frames:] = True  # vjepa2.md 3.2: context limited to the first frames (1.0: unused)
+    masked[:, keep_frames:] = True  # docs/reference.md R-vjepa2-3.2: context limited to the first frames (1.0: unused)
     return masked.flatten(1)
 
 
 def _sample_one_config(cfg: MaskConfig, batch_size: int, grid: Grid, size: tuple[int, int, int],
                        gen: torch.Generator) -> tuple[Tensor, Tensor]:
     masked = _masked_grids(batch_size, cfg, grid, size, gen)
-    for _ in range(MAX_RESAMPLES):  # vjepa2.md 3.2: resample a sample whose context is empty
+    for _ in range(MAX_RESAMPLES):  # docs/reference.md R-vjepa2-3.2: resample a sample whose context is empty
         empty = masked.all(dim=1)
         if not empty.any():
             break

@@ -1,4 +1,5 @@
-"""AdamW with V-JEPA 2's four parameter groups, and the global-batch plan with its LR rule (vjepa2.md 4.2).
+"""AdamW with V-JEPA 2's four parameter groups, and the global-batch plan with its LR rule (docs/reference.md
+R-vjepa2-4.2).
 
 Groups: {encoder, predictor} x {weights; biases and 1-D parameters}. The second kind never gets weight
 decay. The predictor's mask tokens are ``[1, 1, D]`` (3-D), so they *do* get weight decay, as in Meta's

@@ -1,6 +1,7 @@
 """Pretrain V-JEPA 2 on Ray Train with FSDP2; the last line printed is the exported checkpoint's path.
 
-The paper's recipe (vjepa2.md 4): the main phase (warmup, then constant LR) and the cooldown (64 frames,
+The paper's recipe (docs/reference.md R-vjepa2-4): the main phase (warmup, then constant LR) and the cooldown (64
+frames,
 384 px for ViT-g, linear LR decay) that starts from the main phase's checkpoint (``run.init_checkpoint``)
 and is recorded as a child of the main phase's MLflow run. One YAML describes a run:
 
@@ -101,7 +102,7 @@ def init_record(init: str) -> dict[str, Any]:
 
 def lineage_tags(cfg: PretrainConfig, source: dict[str, Any],
                  resuming: bool = False) -> tuple[PretrainConfig, dict[str, str]]:
-    """MLflow tags tying phases together (vjepa2.md 4.2): a cooldown is a child run of the phase whose
+    """MLflow tags tying phases together (docs/reference.md R-vjepa2-4.2): a cooldown is a child run of the phase whose
     checkpoint it starts from and shares its lineage; ``source`` is that checkpoint's record (or, when
     ``resuming``, the record of this run's own latest checkpoint, which carries the lineage forward)."""
     tags = {"vjepa2.phase": "cooldown" if cfg.run.init_checkpoint else "main", "vjepa2.run_name": cfg.run.name}

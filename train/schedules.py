@@ -1,4 +1,4 @@
-"""Learning-rate, weight-decay and EMA schedules of the V-JEPA 2 recipe (vjepa2.md 4.2).
+"""Learning-rate, weight-decay and EMA schedules of the V-JEPA 2 recipe (docs/reference.md R-vjepa2-4.2).
 
 Every schedule is a pure function of the optimizer step, so resuming needs only the step counter: a
 resumed run recomputes the same values, there is no scheduler state to save beyond the step and the
@@ -34,7 +34,8 @@ class Constant:
 
 @dataclass(frozen=True)
 class WarmupConstant:
-    """Linear warmup ``start -> peak`` over ``warmup_steps``, then ``peak`` (the main phase, vjepa2.md 4.2).
+    """Linear warmup ``start -> peak`` over ``warmup_steps``, then ``peak`` (the main phase, docs/reference.md
+    R-vjepa2-4.2).
 
     Meta runs a warmup-cosine schedule whose final value equals its peak, which is exactly this.
     """
@@ -52,7 +53,7 @@ class WarmupConstant:
 
 @dataclass(frozen=True)
 class LinearDecay:
-    """Linear decay ``start -> final`` over ``t_max`` steps (the cooldown, vjepa2.md 4.2).
+    """Linear decay ``start -> final`` over ``t_max`` steps (the cooldown, docs/reference.md R-vjepa2-4.2).
 
     Meta passes ``t_max = total_steps * ipe_scale`` (1.25), so a 12k-step cooldown stops at 80 % of the
     way: 5.25e-4 -> ~1.06e-4 instead of 1e-6. Set ``optim.ipe_scale: 1.0`` to reach ``final``.
@@ -94,7 +95,8 @@ def build_schedules(cfg: OptimConfig, lr_scale: float = 1.0) -> Schedules:
         if cfg.warmup_steps:
             raise ConfigError(f"optim.warmup_steps={cfg.warmup_steps}: the linear_decay (cooldown) schedule "
                               "has no warmup; set it to 0")
-        # vjepa2.md 4.2 quirk: T_max is stretched by ipe_scale (1.25), so the decay stops short of final_lr.
+        # docs/reference.md R-vjepa2-4.2 quirk: T_max is stretched by ipe_scale (1.25), so the decay stops short of
+        # final_lr.
         lr = LinearDecay(cfg.lr * lr_scale, cfg.final_lr * lr_scale, cfg.total_steps * cfg.ipe_scale)
-    # vjepa2.md 4.2: WD 0.04 -> 0.04 and EMA [0.99925, 0.99925] make both schedules constants.
+    # docs/reference.md R-vjepa2-4.2: WD 0.04 -> 0.04 and EMA [0.99925, 0.99925] make both schedules constants.
     return Schedules(lr=lr, weight_decay=Constant(cfg.weight_decay), ema=Constant(cfg.ema))

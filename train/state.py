@@ -7,7 +7,8 @@ A checkpoint is one directory ``step_<8 digits>/`` holding
   schedules' state and config, plus provenance: git revision, package versions, the resolved config.
 
 Every rank writes its shards to a local directory and hands it to ``ray.train.report``, which merges
-them into one directory in the run's storage and keeps ``num_to_keep`` of them (ray.md 2.6-2.7). The LR,
+them into one directory in the run's storage and keeps ``num_to_keep`` of them (docs/reference.md R-ray-2.6,
+R-ray-2.7). The LR,
 WD and EMA schedules are pure functions of the step (train/schedules.py), so restoring the step restores
 them. Resuming checks the architecture first and refuses a mismatch with a message naming the fields.
 """
@@ -53,7 +54,7 @@ FORMAT_VERSION = 1
 GIT_REVISION_ENV = "VJEPA2_RAY_GIT_REVISION"
 PACKAGES = ("torch", "ray", "numpy", "mlflow", "pyarrow", "vjepa2-ray")
 # Fields that may change between phases without touching a weight: RoPE has no position table, so frames
-# and resolution change in the cooldown (progressive resolution, vjepa2.md 4.2).
+# and resolution change in the cooldown (progressive resolution, docs/reference.md R-vjepa2-4.2).
 RESOLUTION_FIELDS = {"preset", "encoder.img_size", "encoder.num_frames", "predictor.square_grid"}
 
 
@@ -161,7 +162,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     record = read_record(str(path))
     model_sd, optim_sd = get_state_dict(model, optimizer)
     # get_state_dict gives a fresh AdamW state for every parameter, but parameters that never had a gradient
-    # (the unused mask tokens, vjepa2.md 2) have none in the checkpoint: ask only for what was saved.
+    # (the unused mask tokens, docs/reference.md R-vjepa2-2) have none in the checkpoint: ask only for what was saved.
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     optim_sd["state"] = {fqn: value for fqn, value in optim_sd["state"].items()
                          if f"optim.state.{fqn}.step" in saved}

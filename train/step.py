@@ -1,12 +1,13 @@
 """The one V-JEPA 2 training step, shared by the Ray Train loop, a plain process, tests and benchmarks.
 
-Per micro-batch (vjepa2.md 2, 4.1, 11.5): the target encoder runs once on the full clip under no_grad; for
+Per micro-batch (docs/reference.md R-vjepa2-2, R-vjepa2-4.1, R-vjepa2-11.5): the target encoder runs once on the full
+clip under no_grad; for
 each mask config the context encoder runs on the context tokens and the predictor predicts the target
-tokens (mask token 0, the fpc-group quirk of vjepa2.md 2); the loss is the mean of the per-config L1
+tokens (mask token 0, the fpc-group quirk of docs/reference.md R-vjepa2-2); the loss is the mean of the per-config L1
 losses. Gradients accumulate over ``len(micro_batches)`` micro-batches (FSDP2 reduce-scatters only on
 the last), then AdamW steps with this step's LR/WD and the EMA target follows the context encoder.
 No GradScaler: bf16 has fp32's exponent range, so loss scaling is not needed (Meta's scaler is a no-op
-in practice); no gradient clipping unless ``grad_clip`` > 0 (Meta has none, vjepa2.md 4.2).
+in practice); no gradient clipping unless ``grad_clip`` > 0 (Meta has none, docs/reference.md R-vjepa2-4.2).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class JEPA(nn.Module):
 
 
 def build_jepa(cfg: ModelConfig) -> JEPA:
-    """Fresh networks; the target encoder starts as a copy of the context encoder (vjepa2.md 4.1)."""
+    """Fresh networks; the target encoder starts as a copy of the context encoder (docs/reference.md R-vjepa2-4.1)."""
     encoder, predictor = build_model(cfg)
     target = copy.deepcopy(encoder).requires_grad_(False)
     return JEPA(encoder, predictor, target)
@@ -78,7 +79,8 @@ def forward_loss(jepa: JEPA, clip: Tensor, masks_enc: list[Tensor],
     preds = []
     for ctx_ids, tgt_ids in zip(masks_enc, masks_pred):
         z = jepa.encoder(clip, ctx_ids)
-        # vjepa2.md 2 quirk: Meta passes the frames-per-clip group index (always 0 here), not the config index
+        # docs/reference.md R-vjepa2-2 quirk: Meta passes the frames-per-clip group index (always 0 here), not the
+        # config index
         preds.append(jepa.predictor(z, ctx_ids, tgt_ids, mask_index=0, grid=grid))
     loss, per_cfg = vjepa_loss(preds, target, masks_pred)
     return loss, per_cfg, target_feature_std(normalize_targets(target))

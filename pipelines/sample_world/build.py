@@ -2,8 +2,8 @@
 
 Layout (every folder holds ``manifest.parquet`` and Meta's ``manifest.csv``)::
 
-    sources/{ssv2,kinetics,howto100m,yt1b,imagenet}/   VideoMix sources (vjepa2.md 5.1)
-    targets/{k710,ssv2,coin,ek100}/{train,val}/        curation retrieval targets (curation.md)
+    sources/{ssv2,kinetics,howto100m,yt1b,imagenet}/   VideoMix sources (docs/reference.md R-vjepa2-5.1)
+    targets/{k710,ssv2,coin,ek100}/{train,val}/        curation retrieval targets (docs/reference.md R-curation-1.2)
     world.json                                         seed, versions, counts and ground truth
 
 SSv2-like clips are WebM/VP9, the other videos MP4/H.264, ImageNet-like images JPEG (some grey,

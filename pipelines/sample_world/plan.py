@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 SOURCES = ("ssv2", "kinetics", "howto100m", "yt1b", "imagenet")
 TARGETS = ("k710", "ssv2", "coin", "ek100")
-MIN_SCENE_S = 4.0  # curation.md: scenes shorter than 4 s are dropped before embedding
+MIN_SCENE_S = 4.0  # docs/reference.md R-curation-1.2: scenes shorter than 4 s are dropped before embedding
 
 # Content families: the photos each target's footage is made of; the yt1b pool's on-target part uses
 # the same families, so retrieval curation can find it, and its off-target part uses none of them.
