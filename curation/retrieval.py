@@ -1,4 +1,4 @@
-"""Cluster-based retrieval and re-weighting (curation.md 1.2 steps 5-7, Table 11).
+"""Cluster-based retrieval and re-weighting (docs/reference.md R-curation-1.2 steps 5-7, Table 11).
 
 Every target training video is assigned to its nearest pool cluster; a cluster is retained when at
 least ``min_hits`` target videos land in it. Retrieval "matches the support, but not the weighting" of
@@ -8,7 +8,7 @@ the targets, so clusters are re-weighted (paper, App. 10.2):
 
 with ``N_dc`` the videos of target d assigned to cluster c and ``N_d`` the embedded videos of d.
 Within a cluster, scenes are uniform: a scene's weight is ``w_c / |c|`` (our reconstruction,
-curation.md 1.3), with ``|c|`` counted after decontamination so the scene weights of the curated
+docs/reference.md R-curation-1.3), with ``|c|`` counted after decontamination so the scene weights of the curated
 manifest sum to the retained clusters' total weight (1.0 when the target weights sum to 1 and no
 retained cluster was emptied).
 """

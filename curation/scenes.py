@@ -1,4 +1,4 @@
-"""Stage 1: split pool videos into scenes and drop the short ones (curation.md 1.2 steps 1-2).
+"""Stage 1: split pool videos into scenes and drop the short ones (docs/reference.md R-curation-1.2 steps 1-2).
 
 The paper cuts YT1B with PySceneDetect and discards scenes shorter than 4 s. ``detector: fixed`` is
 the fallback for footage where shot detection is not wanted (or PySceneDetect is not installed): cut

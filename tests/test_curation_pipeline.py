@@ -220,7 +220,7 @@ def test_s3_inputs_and_outputs(ray_session, sample_world, s3_server, tmp_path, m
     import boto3
 
     # Ray workers started before this test never saw the dummy keys: hand them a credentials file
-    # (its path, not the keys, travels to the workers; see pipeline.STORAGE_ENV_VARS).
+    # (its path, not the keys, travels to the workers; see core.ray_session.STORAGE_ENV_VARS).
     creds = tmp_path / "credentials"
     creds.write_text("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))

