@@ -5,6 +5,8 @@ and the environment that Ray workers get.
   job's driver). Start: a new local instance (``address="local"``, never a developer's running
   cluster by accident) whose logical CPUs cover what the stage asks for, even on a 2-core laptop: Ray
   only uses CPU counts for scheduling, and a trainer plus a decode pool must fit at once.
+- Bind: a local instance listens on loopback only (``ray.node_ip_address``, default 127.0.0.1): GCS,
+  raylet, workers and agents are then unreachable from other machines (docs/reference.md R-ray-3.4).
 - Worker environment: the non-secret variables that tell a worker which object store to use
   (:data:`STORAGE_ENV_VARS`) are forwarded from the driver, plus what a stage adds explicitly
   (``data.worker_env``). Credentials are never forwarded: workers get them as every AWS client does
@@ -13,16 +15,23 @@ and the environment that Ray workers get.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from core.errors import UserError
+from core.redact import SECRET_ENV_VARS, is_secret_key
 
 # Non-secret variables that say which object store a worker talks to and how it finds credentials.
 STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
                     "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED")
 LOCAL = "local"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Ray's single-machine mode (docs/reference.md R-ray-3.4): read by ray._private.ray_constants at import.
+SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @dataclass
@@ -33,6 +42,9 @@ class RayConfig:
     num_cpus: int = 0  # new local instance only: logical CPUs; 0 -> max(cores, what the stage needs)
     object_store_mb: int = 0  # new local instance only; 0 -> Ray's default (30% of memory)
     log_to_driver: bool = True  # stream worker logs to the driver's stderr
+    # New local instance only: the address its processes listen on. 127.0.0.1: loopback only; "": Ray's
+    # default (the node's outward address, reachable from other machines); any other IP: that address.
+    node_ip_address: str = "127.0.0.1"
 
 
 def connect(cfg: RayConfig, cpus_needed: float = 0.0) -> None:
@@ -47,14 +59,52 @@ def connect(cfg: RayConfig, cpus_needed: float = 0.0) -> None:
         else:
             cpus = cfg.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed))
             store = cfg.object_store_mb * 1024**2 or None
-            ray.init(address=LOCAL, num_cpus=cpus, object_store_memory=store, include_dashboard=False,
-                     log_to_driver=cfg.log_to_driver)
+            ip = cfg.node_ip_address
+            with single_machine() if ip in LOOPBACK else contextlib.nullcontext():
+                ray.init(address=LOCAL, num_cpus=cpus, object_store_memory=store, include_dashboard=False,
+                         log_to_driver=cfg.log_to_driver, **({"_node_ip_address": ip} if ip else {}))
     # Stages log their own progress: Ray Data's bars redraw with terminal escapes and flood job logs.
     DataContext.get_current().enable_progress_bars = False
 
 
+@contextlib.contextmanager
+def single_machine() -> Iterator[None]:
+    """Start Ray inside this block to have every process it starts listen on loopback only.
+
+    On Linux, Ray 2.60 replaces a loopback ``_node_ip_address`` by the machine's outward address unless
+    it runs in its single-machine mode (the default on macOS and Windows), whose switch is read when
+    ``ray._private.ray_constants`` is imported: the environment variable reaches the processes Ray
+    spawns, the module attribute this already-imported driver. Both are restored afterwards (Ray keeps
+    the node's address), so a later attach to a real cluster from this process is unaffected.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[SINGLE_MACHINE_ENV] = saved_env
+
+
 def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment Ray workers get: the driver's storage variables, then ``extra`` on top."""
+    """The environment Ray workers get: the driver's storage variables, then ``extra`` on top.
+
+    A secret-looking key in ``extra`` (``data.worker_env``) is refused: a runtime environment is stored
+    by Ray's GCS and written to its runtime-env agent's log in clear text, so credentials must reach
+    workers from their nodes' own environment or credential chain instead.
+    """
+    secret = sorted(key for key in (extra or {}) if key not in STORAGE_ENV_VARS
+                    and (key in SECRET_ENV_VARS or is_secret_key(key)))
+    if secret:
+        raise UserError(f"data.worker_env: {', '.join(secret)} looks like a secret; Ray writes a worker "
+                        "environment to its logs in clear text, so give credentials to the nodes (their "
+                        "environment, instance role or credentials file) instead")
     env = {name: os.environ[name] for name in STORAGE_ENV_VARS if os.environ.get(name)}
     return {**env, **(extra or {})}
 

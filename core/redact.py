@@ -12,10 +12,12 @@ import re
 from typing import Any
 
 MASK = "***"
-# Dotted-key fragments that mark a secret (matched case-insensitively against the last key part).
-SECRET_KEY_PATTERN = re.compile(
-    r"(secret|password|passwd|token|credential|access_key|private_key|api_key|session_key)", re.I
-)
+# A key's last dotted part is cut into words (at _ - and camelCase); a word ending in one of SECRET_WORDS,
+# or two neighbours forming a SECRET_PAIRS key name, mark a secret. Words, not substrings: the model
+# field num_mask_tokens is not a secret (a substring match masked it and broke the checkpoint record).
+SECRET_WORDS = ("secret", "password", "passwd", "token")
+SECRET_PREFIXES = ("credential",)
+SECRET_PAIRS = {("access", "key"), ("private", "key"), ("api", "key"), ("session", "key"), ("secret", "key")}
 SECRET_ENV_VARS = (
     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "RAY_AUTH_TOKEN", "HF_TOKEN",
@@ -23,7 +25,11 @@ SECRET_ENV_VARS = (
 
 
 def is_secret_key(key: str) -> bool:
-    return bool(SECRET_KEY_PATTERN.search(str(key).rsplit(".", 1)[-1]))
+    """Whether a config key or environment variable name looks like it holds a secret."""
+    last = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(key).rsplit(".", 1)[-1]).lower()
+    words = [w for w in re.split(r"[_\-\s]+", last) if w]
+    return (any(w.endswith(SECRET_WORDS) or w.startswith(SECRET_PREFIXES) for w in words)
+            or any(pair in SECRET_PAIRS for pair in zip(words, words[1:])))
 
 
 def redact(data: Any) -> Any:

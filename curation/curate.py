@@ -17,17 +17,29 @@ from pathlib import Path
 from core.config import flatten, load_config
 from core.ray_session import connect
 from core.redact import setup_logging
+from core.storage import check_writable
 from core.tracking import start_run
 from curation.config import CurationConfig
 from curation.execution import StageTiming
 from curation.pipeline import Curation, CurationResult
+from pipelines.sources import ManifestRows
 
 log = logging.getLogger(__name__)
+
+
+def check_inputs(cfg: CurationConfig) -> None:
+    """Every manifest's rows and the output's writability, in the driver before Ray starts, so a bad
+    input is one line naming the file and row (exit 2), not a stage failure inside Ray."""
+    manifests = [cfg.pool, *(uri for t in cfg.targets.values() if t.weight > 0 for uri in (t.train, t.val) if uri)]
+    for uri in manifests:
+        ManifestRows(uri).check()
+    check_writable(cfg.output)
 
 
 def curate(cfg: CurationConfig) -> CurationResult:
     """Run the whole build under one MLflow run (stage counts and timings as metrics, report as artifacts)."""
     cfg.check()
+    check_inputs(cfg)
     connect(cfg.ray)
     with start_run(cfg.tracking, cfg, tags={"command": "curate"}, run_name=cfg.name) as run:
 

@@ -65,7 +65,7 @@ from curation.stages import (
     split_shard,
     write_curated,
 )
-from pipelines.manifest import read_manifest
+from pipelines.manifest import begin_manifest_parts, finish_manifest_parts, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -242,10 +242,12 @@ class Curation:
         lay = self.layout
         out_dir = lay.dir("curated", "manifest")
         self._claim(out_dir, *UPSTREAM, "center", "targets", "decontam", "kmeans", "retrieval")
+        begin_manifest_parts(out_dir)  # readers refuse the directory until every part is written
         tasks = shard_tasks(lay.assignments(POOL), out_dir, POOL)
         scene_weight = table.scene_weight(np.arange(len(table.weight)))
         self.timings.append(run_stage("manifest", tasks, [
             Step(write_curated, {"scene_weight": scene_weight}, num_cpus=0.5)]))
+        finish_manifest_parts(out_dir)
         return out_dir
 
     def run(self, on_stage: Callable[[StageTiming], None] | None = None,

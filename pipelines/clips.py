@@ -77,7 +77,7 @@ def make_clip(request: ClipRequest, cfg: DataConfig, out: np.ndarray | None = No
     rng = np.random.default_rng(request.window_seed)
     media = decode.fetch(request.uri, cfg.max_video_bytes)
     if request.kind == "image" or decode.is_image(request.uri):
-        one = transforms.augment(decode.read_image(media)[None], cfg.clip, rng)
+        one = transforms.augment(decode.read_image(media, cfg.max_image_pixels)[None], cfg.clip, rng)
         if out is None:
             return np.repeat(one, cfg.clip.frames_per_clip, axis=0)
         out[...] = one

@@ -72,6 +72,9 @@ class DataConfig:
     rejects_dir: str = ""  # "" -> <run output>/rejects
     min_frames: int = 2  # videos with fewer frames are quarantined
     max_video_bytes: int = 1_000_000_000  # Meta's filter_long_videos limit (docs/reference.md R-vjepa2-5.3); 0: none
+    # Images over this many pixels are quarantined (too_large) from their header, before decoding: PIL's own
+    # bomb limit (2 x Image.MAX_IMAGE_PIXELS) by default; larger values lift PIL's limit to match; 0: none.
+    max_image_pixels: int = 178_956_970
     max_redraws: int = 10  # redraws from the same source before a sample is given up (and recorded)
     progress_every_s: float = 30.0
     # Environment for decode actors, e.g. {AWS_ENDPOINT_URL_S3: http://minio:9000}. Not for secrets:

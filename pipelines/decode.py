@@ -13,8 +13,11 @@ was slower here (0.091 vs 0.068 s per clip, docs/reference.md R-environment-7). 
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import os
+import warnings
 from pathlib import PurePosixPath
 from typing import BinaryIO, Protocol
 
@@ -22,10 +25,13 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from core import storage
+from pipelines.config import DataConfig
 from pipelines.quarantine import SampleError
 
 BACKENDS = ("decord", "pyav", "torchcodec")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# Meta's jpg, jpeg, png (docs/reference.md R-vjepa2-5.4), plus other still formats PIL reads. Not .gif: an
+# animated GIF is a video (read by PyAV); in a `kind: image` source a GIF is read as an image (its first frame).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 Media = str | BinaryIO
 
 
@@ -68,6 +74,19 @@ def _check_size(size: int | None, max_bytes: int) -> None:
         raise SampleError("too_large", "fetch", f"{size} bytes > {max_bytes}")
 
 
+# How a display-matrix rotation (a phone held upright) is handled, the same in every backend: applied,
+# so frames come out as a player shows them. decord's FFmpeg applies it; PyAV's frames are turned here.
+# Flips in the matrix are not applied (neither backend does); torchcodec's handling is not checked here.
+ROTATION_RULE = "apply"
+
+
+def rotate(image: np.ndarray, degrees: float) -> np.ndarray:
+    """``image`` turned counter-clockwise by ``degrees`` (PyAV's ``VideoFrame.rotation``), to the nearest
+    quarter turn."""
+    turns = int(round(degrees / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+
+
 class VideoReader(Protocol):
     """An open video: frame count, average fps, and random access by presentation-order index."""
 
@@ -102,7 +121,10 @@ class DecordReader:
             self.num_frames = len(self._vr)
             self.fps = float(self._vr.get_avg_fps())
         except Exception as exc:  # decord raises its own DECORDError/RuntimeError for any bad input
-            raise SampleError("unreadable", "open", f"decord: {exc}") from exc
+            text = " ".join(str(exc).split())
+            if "cannot find video stream" in text:  # its FFmpeg 4.1 has no decoder for the stream (AV1, ...)
+                text = f"no video stream its bundled FFmpeg 4.1 can decode (unsupported codec?): {text}"
+            raise SampleError("unreadable", "open", f"decord: {text}") from exc
 
     def get_frames(self, indices: np.ndarray) -> np.ndarray:
         try:
@@ -118,7 +140,10 @@ class PyAVReader:
     """PyAV with exact frame access: a packet index (pts in presentation order, keyframes) built at open.
 
     A requested frame is reached by seeking to the last keyframe at or before it and decoding forward;
-    consecutive requests inside one GOP reuse the running decoder instead of seeking again.
+    consecutive requests inside one GOP reuse the running decoder instead of seeking again. The seek
+    target is the keyframe's dts (MPEG-TS and MPEG-PS demuxers seek by dts: a pts target landed one
+    GOP late there); a seek that still lands past the wanted frame is redone from the stream's start.
+    Frames are turned by the stream's display rotation, as decord does (:data:`ROTATION_RULE`).
     """
 
     def __init__(self, src: Media, threads: int = 1):
@@ -136,7 +161,7 @@ class PyAVReader:
         if threads != 1:
             stream.thread_type = "AUTO"
         pts: list[int] = []
-        keys: list[int] = []
+        keys: list[tuple[int, int]] = []  # (pts, dts) of each keyframe
         try:
             for packet in self._container.demux(stream):
                 ts = packet.pts if packet.pts is not None else packet.dts
@@ -144,7 +169,7 @@ class PyAVReader:
                     continue
                 pts.append(ts)
                 if packet.is_keyframe:
-                    keys.append(ts)
+                    keys.append((ts, packet.dts if packet.dts is not None else ts))
         except Exception as exc:
             self._container.close()
             raise SampleError("unreadable", "open", f"pyav: {exc}") from exc
@@ -153,10 +178,34 @@ class PyAVReader:
             self._container.close()
             raise SampleError("unreadable", "open", f"truncated: header lists {listed} frames, {len(pts)} readable")
         self._pts = np.sort(np.asarray(pts, dtype=np.int64))
-        self._keys = np.sort(np.asarray(keys or pts[:1], dtype=np.int64))
+        keys = sorted(keys) or [(int(self._pts[0]), int(self._pts[0]))] if len(self._pts) else []
+        self._keys = np.asarray([k[0] for k in keys], dtype=np.int64)
+        self._key_dts = np.asarray([k[1] for k in keys], dtype=np.int64)
         self.num_frames = len(self._pts)
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
+
+    def _decoder(self, key: int | None):
+        """Frames from keyframe ``key`` on (its dts as the seek target), or from the start (None)."""
+        if key is None:
+            self._container.seek(0, backward=True)  # whole container, AV_TIME_BASE: its beginning
+        else:
+            self._container.seek(int(self._key_dts[key]), stream=self._stream, backward=True, any_frame=False)
+        return self._container.decode(self._stream)
+
+    @staticmethod
+    def _frame_at(decoder, target: int) -> tuple[np.ndarray | None, int | None]:
+        """Decode forward to presentation time ``target``: (its RGB frame, or None if the decoder passed it
+        or ran out; the last pts seen)."""
+        last = None
+        for frame in decoder:
+            last = frame.pts
+            if frame.pts is None or frame.pts < target:
+                continue
+            if frame.pts > target:
+                return None, last
+            return rotate(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0), last
+        return None, last
 
     def get_frames(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
@@ -169,20 +218,16 @@ class PyAVReader:
         try:
             for index in wanted.tolist():
                 target = int(self._pts[index])
-                key = int(self._keys[max(np.searchsorted(self._keys, target, side="right") - 1, 0)])
-                if decoder is None or last_pts is None or target <= last_pts or key > last_pts:
-                    self._container.seek(key, stream=self._stream, backward=True, any_frame=False)
-                    decoder = self._container.decode(self._stream)
-                for frame in decoder:
-                    last_pts = frame.pts
-                    if frame.pts is None or frame.pts < target:
-                        continue
-                    if frame.pts > target:
-                        raise SampleError("decode_error", "decode", f"frame {index} (pts {target}) not decodable")
-                    frames[index] = frame.to_ndarray(format="rgb24")
-                    break
-                else:
-                    raise SampleError("decode_error", "decode", f"stream ended before frame {index}")
+                key = max(int(np.searchsorted(self._keys, target, side="right")) - 1, 0)
+                if decoder is None or last_pts is None or target <= last_pts or self._keys[key] > last_pts:
+                    decoder = self._decoder(key)
+                image, last_pts = self._frame_at(decoder, target)
+                if image is None:  # the seek landed past the frame (or nothing came): from the start
+                    decoder = self._decoder(None)
+                    image, last_pts = self._frame_at(decoder, target)
+                if image is None:
+                    raise SampleError("decode_error", "decode", f"frame {index} (pts {target}) not decodable")
+                frames[index] = image
         except SampleError:
             raise
         except Exception as exc:
@@ -222,22 +267,200 @@ class TorchcodecReader:
         del self._dec
 
 
+# Open failures that another backend may not have: decord's FFmpeg 4.1 lacks codecs and containers
+# (AV1, animated GIF) that PyAV's FFmpeg 8 reads, and PyAV rejects some files decord reads.
+FALLBACK_REASONS = ("unreadable", "no_video_stream")
+TS_SYNC, TS_PACKET, PS_START = 0x47, 188, b"\x00\x00\x01\xba"  # MPEG-TS sync byte and packet, PS pack start
+
+
+@functools.cache
+def installed(backend: str) -> bool:
+    module = {"decord": "decord", "pyav": "av", "torchcodec": "torchcodec"}[backend]
+    return importlib.util.find_spec(module) is not None
+
+
+def is_mpeg_stream(src: Media) -> bool:
+    """An MPEG transport stream (sync byte every 188 bytes) or program stream (pack start code).
+
+    decord gives wrong frames for these without an error (frames 12 later on a TS; frame 0 twice and
+    every later one shifted on a PS, in test renders), so they go to PyAV first.
+    """
+    try:
+        if isinstance(src, str):
+            with open(src, "rb") as f:
+                head = f.read(TS_PACKET + 1)
+        else:
+            head = bytes(src.getbuffer()[:TS_PACKET + 1]) if isinstance(src, io.BytesIO) else b""
+    except OSError:
+        return False
+    transport = len(head) > TS_PACKET and head[0] == TS_SYNC and head[TS_PACKET] == TS_SYNC
+    return transport or head.startswith(PS_START)
+
+
+def fallback_chain(backend: str, src: Media | None = None) -> list[str]:
+    """``backend`` first, then the other installed backends in :data:`BACKENDS` order; PyAV first for
+    an MPEG-TS/PS file when decord was asked for (:func:`is_mpeg_stream`)."""
+    chain = [backend] + [b for b in BACKENDS if b != backend and installed(b)]
+    if backend == "decord" and "pyav" in chain and src is not None and is_mpeg_stream(src):
+        chain.remove("pyav")
+        chain.insert(0, "pyav")
+    return chain
+
+
+def _rewind(src: Media) -> None:
+    if not isinstance(src, str):
+        src.seek(0)
+
+
+def _open_first(src: Media, chain: list[str], threads: int) -> tuple[VideoReader, int]:
+    """The first backend of ``chain`` that opens ``src``, and its position; if none does, one
+    :class:`SampleError` with every backend's message."""
+    errors: list[SampleError] = []
+    for at, name in enumerate(chain):
+        _rewind(src)
+        try:
+            return _READERS[name](src, threads=threads), at
+        except SampleError as err:
+            if err.reason not in FALLBACK_REASONS:
+                raise
+            errors.append(err)
+        except RuntimeError:  # an installed fallback that cannot run here (torchcodec without FFmpeg)
+            if at == 0:
+                raise
+    raise SampleError(errors[0].reason, "open", "; ".join(e.detail or e.reason for e in errors))
+
+
+class FallbackReader:
+    """A reader that, when its backend fails to decode the file, hands the same request to the next
+    backend of the chain that opens it with the same frame count and rate (so the frame plan holds).
+
+    decord opens some files and then fails on every decode (widths such as 16, 24 or 48 pixels, its
+    frame buffer is laid out for another size); PyAV reads them. Whichever backend serves a file, frame
+    ``i`` is the i-th frame in presentation order, so the clip is the same.
+    """
+
+    def __init__(self, src: Media, chain: list[str], threads: int):
+        self._src, self._threads = src, threads
+        self._reader, at = _open_first(src, chain, threads)
+        self._rest = chain[at + 1:]
+        self.num_frames, self.fps = self._reader.num_frames, self._reader.fps
+
+    def get_frames(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            return self._reader.get_frames(indices)
+        except SampleError as first:
+            if first.reason != "decode_error":
+                raise
+            for name in self._rest:
+                _rewind(self._src)
+                try:
+                    other = _READERS[name](self._src, threads=self._threads)
+                except (SampleError, RuntimeError):
+                    continue
+                if (other.num_frames, round(other.fps, 3)) != (self.num_frames, round(self.fps, 3)):
+                    other.close()
+                    continue
+                try:
+                    frames = other.get_frames(indices)
+                except SampleError:
+                    other.close()
+                    continue
+                self._reader.close()
+                self._reader = other
+                return frames
+            raise
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 _READERS = {"decord": DecordReader, "pyav": PyAVReader, "torchcodec": TorchcodecReader}
 
 
-def open_video(src: Media, backend: str = "decord", threads: int = 1) -> VideoReader:
-    """Open ``src`` (a local path or an in-memory file) with ``backend``."""
+def open_video(src: Media, backend: str = "decord", threads: int = 1, fallback: bool = True) -> VideoReader:
+    """Open ``src`` (a local path or an in-memory file) with ``backend``, falling back to the other
+    installed backends when it cannot open or decode the file (``fallback=False``: that backend only)."""
     if backend not in _READERS:
         raise ValueError(f"unknown decoder {backend!r}; choose one of {list(BACKENDS)}")
-    return _READERS[backend](src, threads=threads)
+    if not fallback:
+        return _READERS[backend](src, threads=threads)
+    return FallbackReader(src, fallback_chain(backend, src), threads)
 
 
-def read_image(src: Media) -> np.ndarray:
-    """An image as uint8 ``[H, W, 3]`` RGB; grayscale, palette, RGBA and CMYK are converted."""
-    from PIL import Image, UnidentifiedImageError
+# PIL's own bomb limit raises at twice Image.MAX_IMAGE_PIXELS (178,956,970 pixels in Pillow 13); the
+# project's default limit (data.max_image_pixels) is that same number, checked on the header's size.
+DEFAULT_MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
+# Modes whose samples are wider than 8 bits: PIL's convert("RGB") clips them at 255 (a 16-bit PNG comes
+# out all white), so they are scaled to 8 bits here instead.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# Ranges a wide image's samples are taken to span, smallest first: the first that holds every sample
+# is scaled to 0-255 (an "I" or "F" image does not say its bit depth; 0-1 is for "F" only; the I;16
+# modes are always 0-65535).
+SAMPLE_RANGES = (1.0, 255.0, 65535.0)
 
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Let PIL open what ``data.max_image_pixels`` allows: its own global bomb check would refuse more.
+
+    Only ever raised (never lowered), so concurrent readers with other limits stay safe; 0 lifts PIL's.
+    """
+    from PIL import Image
+
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None:
+        return
+    if max_pixels <= 0:
+        Image.MAX_IMAGE_PIXELS = None
+    elif max_pixels > 2 * current:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+
+
+def wide_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a high-bit-depth grayscale image to uint8 by the range its mode (or its samples) implies."""
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    ranges = (65535.0,) if mode.startswith("I;16") else SAMPLE_RANGES if mode == "F" else SAMPLE_RANGES[1:]
+    top = next((r for r in ranges if low >= 0 and high <= r), 0.0)
+    if top:
+        scaled = values * (255.0 / top)
+    else:  # negative or beyond 16 bits: stretch what is there
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def image_to_rgb(img) -> np.ndarray:
+    """A PIL image of any mode as uint8 ``[H, W, 3]``: wide grayscale scaled, alpha dropped (as Meta's
+    ``convert("RGB")`` does), premultiplied modes un-premultiplied by PIL first."""
+    if img.mode in WIDE_MODES:
+        gray = wide_to_uint8(np.asarray(img), img.mode)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if img.mode == "La":  # PIL has no La -> RGB conversion
+        img = img.convert("LA")
+    return np.asarray(img.convert("RGB"))
+
+
+def read_image(src: Media, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+    """An image as uint8 ``[H, W, 3]`` RGB, from any file PIL can open (the first frame of an animation).
+
+    An image over ``max_pixels`` (``data.max_image_pixels``; 0: no limit) is refused from its header,
+    before any pixel is decoded (reason ``too_large``); anything PIL cannot decode is ``bad_image``.
+    """
+    from PIL import Image
+
+    _allow_pixels(max_pixels)
     try:
-        with Image.open(src) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise SampleError("bad_image", "open", str(exc)) from exc
+        with warnings.catch_warnings():
+            # DecompressionBombWarning and palette-transparency notes: the limit is checked below.
+            warnings.simplefilter("ignore")
+            with Image.open(src) as img:
+                width, height = img.size
+                if max_pixels > 0 and width * height > max_pixels:
+                    raise SampleError("too_large", "open", f"{width}x{height} = {width * height} pixels > "
+                                                           f"data.max_image_pixels {max_pixels}")
+                return image_to_rgb(img)
+    except SampleError:
+        raise
+    except (Image.DecompressionBombError, MemoryError) as exc:
+        raise SampleError("too_large", "open", f"{type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # PIL's plugins raise OSError, ValueError, SyntaxError, struct.error, ...
+        raise SampleError("bad_image", "open", f"{type(exc).__name__}: {exc}") from exc

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 REASONS: dict[str, str] = {
     "missing": "file or object does not exist",
     "empty": "zero bytes",
-    "too_large": "larger than data.max_video_bytes",
+    "too_large": "larger than data.max_video_bytes, or an image over data.max_image_pixels",
     "io_error": "storage error while reading (permissions, network, S3)",
     "unreadable": "not a readable container (non-video bytes, truncated header, corrupt)",
     "no_video_stream": "the container holds no video stream",
@@ -81,11 +81,13 @@ class Quarantine:
     """Collects reject records and counts them; ``flush`` appends them to the rejects table.
 
     ``out`` is either a ``.parquet`` file (written whole at every flush: validate-data) or a directory
-    that receives one uniquely named part file per flush (decode actors, many writers at once).
+    that receives one uniquely named part file per flush (decode actors, many writers at once);
+    ``single_file`` decides instead of the suffix when given.
     """
 
-    def __init__(self, out: str | None = None):
+    def __init__(self, out: str | None = None, single_file: bool | None = None):
         self.out = out or None
+        self.single_file = str(out).endswith(".parquet") if single_file is None else single_file
         self.counts: Counter[tuple[str, str]] = Counter()
         self.records: list[RejectRecord] = []
         self._written: list[RejectRecord] = []
@@ -112,7 +114,7 @@ class Quarantine:
         """Write pending records; return the URI written, or None when nothing was pending."""
         if not self.out or not self.records:
             return None
-        if self.out.endswith(".parquet"):
+        if self.single_file:
             self._written.extend(self.records)
             target, rows = self.out, self._written
         else:

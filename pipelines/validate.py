@@ -5,7 +5,9 @@
 Every row goes through the training path (fetch, open, frame plan, decode, crop) with its own
 window seed; a failing row becomes a reject record (uri, source, reason, stage) in OUT.parquet.
 Prints good/bad counts per reason and exits 0 whatever the media look like; only a manifest that
-cannot be read or parsed is an error (exit 2, naming the file and line numbers). The manifest is
+cannot be read or parsed, or breaks a row rule training enforces (a null ``uri``, a non-integer
+``label``, a negative or non-finite ``weight``), is an error (exit 2, naming the file and line or row),
+and so is storage that cannot be reached or written (naming the URI). The manifest is
 read one row group at a time, so a 100M-row manifest validates in bounded memory.
 """
 
@@ -65,7 +67,9 @@ def validate(manifest: str, rejects_out: str, *, source: str = "", cfg: DataConf
     cfg = cfg or DataConfig()
     source = source or PurePosixPath(manifest).parent.name
     rows = ManifestRows(manifest)  # a ManifestError (unreadable manifest) propagates: exit 2
-    quarantine = Quarantine(rejects_out)
+    rows.check()  # the row rules training applies (uri, label, weight), before any file is decoded
+    write_rejects([], rejects_out)  # an unwritable --rejects (no bucket, a directory) fails now, not at the end
+    quarantine = Quarantine(rejects_out, single_file=True)
     done, last = 0, time.perf_counter()
     # spawn, not fork: a forked child must not inherit the parent's S3 client threads
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
@@ -83,8 +87,7 @@ def validate(manifest: str, rejects_out: str, *, source: str = "", cfg: DataConf
     finally:
         if pool:
             pool.shutdown()
-    if quarantine.flush() is None:
-        write_rejects([], rejects_out)  # an empty table still tells "checked, nothing bad"
+    quarantine.flush()  # nothing bad: the empty table written above says "checked, nothing bad"
     return rows.num_rows, quarantine
 
 
@@ -109,12 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=float, default=clip.fps)
     parser.add_argument("--crop", type=int, default=64, help="crop size of the test clip (small: faster)")
     parser.add_argument("--min-frames", type=int, default=DataConfig().min_frames)
+    parser.add_argument("--max-image-pixels", type=int, default=DataConfig().max_image_pixels,
+                        help="larger images are rejected as too_large (0: no limit)")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding in parallel")
 
 
 def run(args: argparse.Namespace) -> int:
     base = DataConfig()
-    cfg = replace(base, decoder=args.decoder, min_frames=args.min_frames,
+    cfg = replace(base, decoder=args.decoder, min_frames=args.min_frames, max_image_pixels=args.max_image_pixels,
                   clip=replace(base.clip, frames_per_clip=args.frames, fps=args.fps, crop_size=args.crop))
     t0 = time.perf_counter()
     total, quarantine = validate(args.manifest, args.rejects, source=args.source, cfg=cfg,

@@ -38,22 +38,30 @@ def frame_number(frame: np.ndarray) -> int:
     return value
 
 
+CODEC_OPTIONS = {"libx264": {"crf": "18"}, "libvpx-vp9": {"crf": "20", "b": "0", "deadline": "realtime"},
+                 "libsvtav1": {"preset": "12"}}
+
+
 def render_video(path: Path, frames: int = 48, width: int = 96, height: int = 64, fps: int = 24,
                  codec: str = "libx264", pix_fmt: str = "yuv420p", gop: int = 12, bframes: int = 2,
                  options: dict[str, str] | None = None, container_options: dict[str, str] | None = None,
-                 noise: bool = False) -> Path:
-    """Write a coded test video (H.264 mp4 by default; ``libvpx-vp9`` + ``.webm`` for VP9).
+                 noise: bool = False, container: str | None = None, rotation: int = 0) -> Path:
+    """Write a coded test video (H.264 mp4 by default; ``libvpx-vp9`` + ``.webm`` for VP9; any PyAV
+    encoder and ``container`` format, e.g. ``mpeg2video`` in ``mpegts``).
 
-    ``noise`` adds random pixels below the code band, which defeats compression (big files).
+    ``noise`` adds random pixels below the code band, which defeats compression (big files);
+    ``rotation`` writes a display matrix (degrees counter-clockwise, as a phone held upright records).
     """
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", options=container_options or {}) as out:
+    with av.open(str(path), "w", format=container, options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.gop_size = gop
-        opts = {"crf": "18"} if codec == "libx264" else {"crf": "20", "b": "0", "deadline": "realtime"}
+        if rotation:
+            stream.set_display_rotation(rotation)
+        opts = dict(CODEC_OPTIONS.get(codec, {}))
         if codec == "libx264":  # keyframes exactly every `gop` frames (no scene-cut keyframes)
             opts["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"
         stream.options = {**opts, **(options or {})}
@@ -84,6 +92,56 @@ def write_image(path: Path, mode: str = "RGB", size: tuple[int, int] = (80, 60))
     rgb = Image.fromarray(coded_frame(5, *size))
     rgb.convert(mode).save(path, quality=92)
     return path
+
+
+def png_header(path: Path, width: int, height: int) -> Path:
+    """A PNG that declares ``width`` x ``height`` pixels in its header but holds one tiny data chunk:
+    PIL's size check sees a huge image without a huge file (a decompression-bomb stand-in)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def odd_images(root: Path, size: tuple[int, int] = (80, 60)) -> dict[str, Path]:
+    """One image per PIL mode and format family, each carrying frame code 5 (:func:`frame_number`).
+
+    The high-bit-depth ones hold the 8-bit gray picture scaled to their range (x257 for 16 bits, /255
+    for floats), so a correct decode gives back exactly the 8-bit gray picture.
+    """
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rgb = Image.fromarray(coded_frame(5, *size))
+    gray = np.asarray(rgb.convert("L"))
+    made = {
+        "gray16.png": Image.fromarray(gray.astype(np.uint16) * 257),  # I;16
+        "gray16.tif": Image.fromarray(gray.astype(np.uint16) * 257),
+        "int32_16bit.tif": Image.fromarray(gray.astype(np.int32) * 257),  # I, 16-bit values
+        "int32_8bit.tif": Image.fromarray(gray.astype(np.int32)),  # I, 8-bit values
+        "float01.tif": Image.fromarray(gray.astype(np.float32) / 255),  # F in [0, 1]
+        "bilevel.png": rgb.convert("L").point(lambda v: 255 if v > 127 else 0).convert("1"),
+        "palette.png": rgb.convert("P", palette=Image.Palette.ADAPTIVE),
+        "palette_transparent.png": rgb.convert("P", palette=Image.Palette.ADAPTIVE),
+        "la.png": rgb.convert("LA"),
+        "rgba.webp": rgb.convert("RGBA"),
+        "cmyk.tif": rgb.convert("CMYK"),
+        "rgb.bmp": rgb,
+        "ycbcr.jpg": rgb.convert("YCbCr"),
+    }
+    for name, image in made.items():
+        extra = {"transparency": 0} if name == "palette_transparent.png" else {}
+        image.save(root / name, **extra, **({"quality": 95} if name.endswith((".jpg", ".webp")) else {}))
+    frames = [rgb, Image.fromarray(coded_frame(9, *size))]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return {name: root / name for name in [*made, "animated.gif"]}
 
 
 def bad_media(root: Path, good: Path) -> dict[str, Path]:

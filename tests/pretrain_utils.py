@@ -35,6 +35,33 @@ def synthetic_batch(cfg: PretrainConfig, index: int, rank: int, batch_size: int 
     return {"clip": clip, "masks_enc": masks_enc, "masks_pred": masks_pred}
 
 
+# Credential values planted in the environment of a run, then searched for in every file it wrote.
+PLANTED_ENV = {"AWS_SECRET_ACCESS_KEY": "planted-aws-7f3a9c", "AWS_SESSION_TOKEN": "planted-session-91bc2e",
+               "HF_TOKEN": "planted-hf-44d2aa", "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-0e5f17",
+               "VJEPA2_TEST_API_TOKEN": "planted-custom-6b1d08"}
+
+
+def ray_session_dir() -> Path | None:
+    """The running Ray session's directory (its logs), where this Ray version exposes it."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None) if ray.is_initialized() else None
+    return Path(node.get_session_dir_path()) if node is not None else None
+
+
+def files_holding(roots: list[Path], values: list[str]) -> list[str]:
+    """``file: value`` for every one of ``values`` found in any file under ``roots``."""
+    found = []
+    for root in roots:
+        for path in (p for p in root.rglob("*") if p.is_file()):
+            try:
+                data = path.read_bytes()
+            except OSError:  # a socket, or a file removed meanwhile
+                continue
+            found += [f"{path}: {value}" for value in values if value.encode() in data]
+    return found
+
+
 TOTAL_STEPS = 6
 SOURCES = ("ssv2", "kinetics", "howto100m", "yt1b", "imagenet")
 

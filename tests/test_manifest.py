@@ -65,3 +65,35 @@ def test_missing_and_unreadable_manifest(tmp_path):
     junk.write_bytes(b"not parquet at all")
     with pytest.raises(ManifestError, match="junk.parquet: unreadable"):
         read_manifest(str(junk))
+
+
+def test_meta_csv_with_byte_order_mark_and_crlf_line_ends(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeff/d/a.mp4 3\r\n/d/b c.mp4::7\r\n".encode())
+    back = read_manifest(str(path))
+    assert back.column("uri").to_pylist() == ["/d/a.mp4", "/d/b c.mp4"]
+    assert back.column("label").to_pylist() == [3, 7]
+
+
+def _rows_table(**columns) -> pa.Table:
+    n = len(columns["uri"])
+    base = {"uri": columns.pop("uri"), "label": [0] * n, "duration_s": [1.0] * n, "fps": [1.0] * n,
+            "num_frames": [1] * n, "bytes": [1] * n}
+    return pa.table({**base, **columns})
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    ({"uri": ["/a.mp4", None, "/c.mp4"]}, r"column 'uri' is null at row\(s\) 1; every row needs a media path"),
+    ({"uri": ["/a", "/b"], "label": ["1", "abc"]}, r"'label' must be an integer, got string at row\(s\) 1 \('abc'\)"),
+    ({"uri": ["/a", "/b"], "label": [1.0, 2.5]}, r"'label' must be an integer, got double at row\(s\) 1 \(2\.5\)"),
+    ({"uri": ["/a", "/b"], "weight": [1.0, -0.5]}, r"column 'weight' must be finite and >= 0 .*row\(s\) 1"),
+    ({"uri": ["/a", "/b"], "weight": [None, 1.0]}, r"column 'weight' must be finite and >= 0 .*row\(s\) 0"),
+])
+def test_row_rules_name_the_file_and_row(tmp_path, columns, message):
+    """The rules training applies to each row, checked by ManifestRows.check (validate-data, the driver)."""
+    from pipelines.sources import ManifestRows
+
+    path = tmp_path / "m.parquet"
+    pq.write_table(_rows_table(**columns), path)
+    with pytest.raises(ManifestError, match=rf"m\.parquet: .*{message}"):
+        ManifestRows(str(path)).check()

@@ -41,3 +41,33 @@ def test_empty_directory_and_bad_part_are_named(tmp_path):
     pq.write_table(pa.table({"uri": ["x"]}), bad / "p.parquet")
     with pytest.raises(ManifestError, match=r"p\.parquet.*missing column"):
         ManifestRows(str(bad))
+
+
+def test_a_directory_the_project_began_writing_is_refused_until_finished(tmp_path):
+    from pipelines.manifest import begin_manifest_parts, finish_manifest_parts, read_manifest
+
+    parts = tmp_path / "curated"
+    begin_manifest_parts(str(parts))
+    _part(parts / "part-00000.parquet", ["a", "b", "c"], 0.5)  # the writer is killed after one part
+    for read in (ManifestRows, read_manifest):
+        with pytest.raises(ManifestError, match=r"curated: incomplete manifest: .*1 part\(s\), 3 row\(s\) so far\); "
+                                                r"rerun the stage"):
+            read(str(parts))
+    _part(parts / "part-00001.parquet", ["d", "e"], 0.5)
+    assert finish_manifest_parts(str(parts)) == {"parts": 2, "rows": 5}
+    assert ManifestRows(str(parts)).num_rows == read_manifest(str(parts)).num_rows == 5
+    (parts / "part-00001.parquet").unlink()  # a part lost after the fact: the counts no longer add up
+    with pytest.raises(ManifestError, match=r"_SUCCESS lists 2 part\(s\) and 5 row\(s\), the directory holds 1 and 3"):
+        ManifestRows(str(parts))
+    begin_manifest_parts(str(parts))  # a rerun starts: incomplete again until it finishes
+    with pytest.raises(ManifestError, match="never finished"):
+        ManifestRows(str(parts))
+
+
+def test_user_made_directories_without_project_markers_are_read(tmp_path):
+    plain, spark = tmp_path / "plain", tmp_path / "spark"
+    for folder in (plain, spark):
+        folder.mkdir()
+        _part(folder / "part-0.parquet", ["a", "b"], 1.0)
+    (spark / "_SUCCESS").write_bytes(b"")  # Spark's and Hadoop's marker is empty
+    assert ManifestRows(str(plain)).num_rows == ManifestRows(str(spark)).num_rows == 2

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from pretrain_utils import TINY, world_config, world_overrides
+from pretrain_utils import PLANTED_ENV, TINY, files_holding, ray_session_dir, world_config, world_overrides
 
 from core.entry import module_main
 from core.tracking import find_runs, local_store_uri
@@ -28,11 +28,14 @@ PER_STEP = ("loss", "loss/mask_0", "loss/mask_1", "lr", "wd", "ema", "target_std
 
 @pytest.fixture(scope="module")
 def main_run(ray_session, sample_world, tmp_path_factory) -> dict:
-    """One local-mode run through the CLI (``python -m train.pretrain``), 3 steps, checkpoints at 2 and 3."""
+    """One local-mode run through the CLI (``python -m train.pretrain``), 3 steps, checkpoints at 2 and 3,
+    with credentials planted in its environment (:func:`test_no_planted_secret_reaches_any_file`)."""
     root = tmp_path_factory.mktemp("local")
     out = root / "main"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VJEPA2_RAY_RUNS", str(root / "runs"))
+        for name, value in PLANTED_ENV.items():
+            mp.setenv(name, value)
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout):
             code = module_main("train.pretrain", ["--config", str(TINY), *world_overrides(
@@ -57,6 +60,14 @@ def test_cli_prints_the_exported_checkpoint_last(main_run):
     assert ckpt.extras["vjepa2_ray_train"]["state"]["step"] == STEPS
     assert sorted(p.name for p in (main_run["out"] / CHECKPOINTS).glob("step_*")) == [
         "step_00000002", "step_00000003"]
+
+
+def test_no_planted_secret_reaches_any_file(main_run):
+    """Run directory (checkpoints, train_state.json, export), MLflow store and artifacts, Ray's session logs."""
+    assert list(main_run["out"].glob("checkpoints/step_*/train_state.json"))
+    roots = [main_run["out"], main_run["root"] / "runs"] + [d for d in [ray_session_dir()] if d is not None]
+    assert len(roots) == 3, "Ray's session directory is reachable"
+    assert files_holding(roots, list(PLANTED_ENV.values())) == []
 
 
 def test_every_checkpoint_kind_is_recognised_and_loads_the_same_encoder(main_run, tmp_path):

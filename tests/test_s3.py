@@ -2,7 +2,8 @@
 
 Exercises multipart upload (a > 5 MiB video), ranged GETs (Parquet row groups, read_at), listing
 (rejects parts), missing objects (quarantined), Meta CSV and Parquet manifests, validate-data, and one
-Ray pass whose decode actors reach the endpoint through ``data.worker_env``.
+Ray pass whose decode actors reach the endpoint through ``data.worker_env`` (and their keys through a
+credentials file, as nodes do).
 """
 
 from __future__ import annotations
@@ -91,8 +92,14 @@ def test_validate_data_on_s3(bucket, capsys):
     assert read_rejects(out).column("stage").to_pylist() == ["fetch"]
 
 
-def test_ray_decode_actors_read_s3(bucket, ray_session, s3_server):
-    env = {**S3_ENV, "AWS_ENDPOINT_URL_S3": os.environ["AWS_ENDPOINT_URL_S3"]}
+def test_ray_decode_actors_read_s3(bucket, ray_session, s3_server, tmp_path):
+    """The actors reach the endpoint through ``data.worker_env`` and find their (test) keys as a node
+    would, in a credentials file: keys themselves are refused in ``data.worker_env``."""
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[default]\n" + "".join(f"{k.lower()} = {v}\n" for k, v in S3_ENV.items()
+                                                   if k.startswith("AWS_") and k.endswith(("_ID", "_KEY"))))
+    env = {"AWS_ENDPOINT_URL_S3": os.environ["AWS_ENDPOINT_URL_S3"], "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_SHARED_CREDENTIALS_FILE": str(credentials), "AWS_EC2_METADATA_DISABLED": "true"}
     cfg = DataConfig(sources={"vid": SourceConfig(f"s3://{BUCKET}/manifests/videos.parquet", 1.0)},
                      clip=ClipConfig(frames_per_clip=4, crop_size=32), seed=4, worker_env=env)
     rejects = f"s3://{BUCKET}/ray/rejects"

@@ -94,3 +94,12 @@ def test_provenance_records_revision_packages_and_config():
     assert record["config"] == {"model": {"preset": "tiny"}}
     assert set(record["packages"]) >= {"python", "torch", "ray", "numpy"}
     assert record["git_revision"] and record["git_revision"] != "unknown"  # this checkout is a git repo
+
+
+def test_checkpoint_record_masks_secret_keys_and_keeps_model_fields():
+    """train_state.json holds the resolved config in clear text: secret-looking keys are masked there too,
+    and a model field that merely contains a word like "tokens" is not (the record must still load)."""
+    from core.redact import MASK
+
+    record = provenance({"tracking": {"api_token": "t0p", "password": "pw"}, "model": {"num_mask_tokens": 10}})
+    assert record["config"] == {"tracking": {"api_token": MASK, "password": MASK}, "model": {"num_mask_tokens": 10}}

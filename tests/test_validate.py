@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 from fixtures_media import (
     bad_media,
     media_dir_fixture,  # noqa: F401  (pytest fixture)
 )
+from fixtures_s3 import BUCKET, s3_server_fixture  # noqa: F401  (pytest fixture)
 
 from cluster.cli import main as cli_main
 from pipelines.manifest import write_manifest
@@ -64,3 +67,49 @@ def test_unparseable_manifest_exits_2_naming_lines(tmp_path, capsys):
     assert rc == 2 and "line 2" in err and "line 3" in err and "bad.csv" in err
     assert cli_main(["validate-data", "--manifest", str(tmp_path / "none.parquet"), "--rejects", "r.parquet"]) == 2
     assert not (tmp_path / "r.parquet").exists()
+
+
+def test_row_rule_and_storage_failures_exit_2_with_one_line(media_dir, tmp_path, capsys):
+    """Training's row rules (here a null uri and a fractional label) and an unwritable --rejects: exit 2,
+    one stderr line naming the file and row or the URI, no traceback, nothing decoded."""
+    good = str(media_dir / "h264.mp4")
+    cases = {"null_uri.parquet": ({"uri": [good, None], "label": [1, 2]},
+                                  r"null_uri\.parquet: column 'uri' is null at row\(s\) 1"),
+             "frac_label.parquet": ({"uri": [good, good], "label": [1.0, 2.5]},
+                                    r"frac_label\.parquet: column 'label' must be an integer")}
+    for name, (columns, message) in cases.items():
+        write_parquet(tmp_path / name, columns)
+        rc = cli_main(["validate-data", "--manifest", str(tmp_path / name), "--rejects", str(tmp_path / "r.parquet")])
+        err = capsys.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    write_parquet(tmp_path / "ok.parquet", {"uri": [good], "label": [1]})
+    (tmp_path / "taken.parquet").mkdir()
+    rc = cli_main(["validate-data", "--manifest", str(tmp_path / "ok.parquet"),
+                   "--rejects", str(tmp_path / "taken.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"{tmp_path / 'taken.parquet'}: cannot write: is a directory" in err, err
+
+
+def write_parquet(path, columns: dict) -> None:
+    """A manifest with ``columns`` and null media columns, written as given (no schema cast on the way)."""
+    import pyarrow.parquet as pq
+
+    n = len(columns["uri"])
+    pq.write_table(pa.table({**columns, **{c: pa.nulls(n, pa.float64()) for c in ("duration_s", "fps")},
+                             **{c: pa.nulls(n, pa.int64()) for c in ("num_frames", "bytes")}}), path)
+
+
+def test_unreachable_endpoint_and_missing_bucket_exit_2_naming_the_uri(s3_server, media_dir, tmp_path, capsys,
+                                                                      monkeypatch):
+    write_parquet(tmp_path / "ok.parquet", {"uri": [str(media_dir / "h264.mp4")], "label": [1]})
+    rc = cli_main(["validate-data", "--manifest", str(tmp_path / "ok.parquet"),
+                   "--rejects", "s3://no-such-bucket/checks/r.parquet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "s3://no-such-bucket/checks/r.parquet: cannot write:" in err and "bucket does not exist" in err, err
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # nothing listens on port 9
+    rc = cli_main(["validate-data", "--manifest", f"s3://{BUCKET}/m.parquet", "--rejects", str(tmp_path / "r.parquet")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"s3://{BUCKET}/m.parquet: cannot get file info" in err, err

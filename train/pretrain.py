@@ -33,6 +33,7 @@ from core.redact import setup_logging
 from core.tracking import resolve_uri, runs_root, start_run
 from models.checkpoint import checkpoint_kind, load_meta_checkpoint
 from pipelines.dataset import train_data_config
+from pipelines.sources import check_data
 from train.config import PretrainConfig
 from train.launch import CHECKPOINTS, build_trainer, existing_checkpoint, export_checkpoint
 from train.loop import TrainJob
@@ -157,6 +158,16 @@ def open_tracking(cfg: PretrainConfig, resumed: dict[str, Any], source: dict[str
     return cfg, run_id, lineage
 
 
+def check_before_ray(cfg: PretrainConfig, own_dataset: bool) -> None:
+    """Refuse, in the driver and before Ray starts, what would otherwise fail inside a worker with a
+    screenful of Ray tracebacks: bad manifests or data config (:func:`pipelines.sources.check_data`) and
+    output or rejects storage that cannot be written (an unreachable endpoint, a missing bucket)."""
+    if not own_dataset:
+        check_data(cfg.data)
+        storage.check_writable(cfg.data.rejects_dir)
+    storage.check_writable(cfg.run.output_dir)
+
+
 def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
     """Run (or resume) one pretraining phase and export its newest checkpoint in Meta's layout.
 
@@ -165,6 +176,7 @@ def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
     the training loop alone.
     """
     cfg = resolve(cfg)
+    check_before_ray(cfg, own_dataset=dataset is not None)
     run_uri = storage.join(cfg.run.output_dir, CHECKPOINTS)
     resumed, source = starting_point(cfg, run_uri, own_dataset=dataset is not None)
     plan = plan_batch(cfg.optim, cfg.trainer)

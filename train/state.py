@@ -41,9 +41,17 @@ from torch.distributed.checkpoint.state_dict import (
 from core import storage
 from core.config import flatten, to_dict
 from core.errors import UserError
+from core.redact import redact
 from models.checkpoint import save_meta_checkpoint
 from models.config import ModelConfig
-from models.sharded import STATE_FILE, is_sharded_checkpoint, load_sharded_checkpoint, read_record
+from models.sharded import (
+    STATE_FILE,
+    check_dcp_metadata,
+    is_sharded_checkpoint,
+    load_dcp,
+    load_sharded_checkpoint,
+    read_record,
+)
 
 log = logging.getLogger(__name__)
 # DCP warns on every save/load without a process group; local mode and exports do that on purpose.
@@ -108,9 +116,13 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance(config: Any) -> dict[str, Any]:
-    """What produced a checkpoint: source revision, package versions, the resolved config."""
+    """What produced a checkpoint: source revision, package versions, the resolved config.
+
+    The config is redacted (secret-looking keys masked, as in MLflow params): the record is written in
+    clear text into every checkpoint's ``train_state.json`` and copied to MLflow as an artifact.
+    """
     return {"git_revision": git_revision(), "packages": package_versions(),
-            "config": config if isinstance(config, dict) else to_dict(config)}
+            "config": redact(config if isinstance(config, dict) else to_dict(config))}
 
 
 def architecture(model_cfg: ModelConfig | dict[str, Any]) -> dict[str, Any]:
@@ -163,11 +175,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     model_sd, optim_sd = get_state_dict(model, optimizer)
     # get_state_dict gives a fresh AdamW state for every parameter, but parameters that never had a gradient
     # (the unused mask tokens, docs/reference.md R-vjepa2-2) have none in the checkpoint: ask only for what was saved.
-    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    saved = check_dcp_metadata(path).state_dict_metadata
     optim_sd["state"] = {fqn: value for fqn, value in optim_sd["state"].items()
                          if f"optim.state.{fqn}.step" in saved}
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not _is_distributed())
+    load_dcp(state, path, no_dist=not _is_distributed())
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optim"], options=StateDictOptions(strict=False))
     return TrainState(**record["state"])
