@@ -29,8 +29,7 @@ def ac_rope(steps: int, cond_tokens: int, grid_hw: tuple[int, int], head_dim: in
     """Tables for the AC token layout: per step ``cond_tokens`` temporal-only tokens, then H*W frame tokens.
 
     docs/reference.md R-vjepa2-6.1: the cond tokens rotate only the t chunk (pos = t). Giving them h = w = 0 does
-    exactly
-    that: angle 0 is cos 1 / sin 0, bit-identical to not rotating. Meta also scales the frame tokens' h, w
+    exactly that: angle 0 is cos 1 / sin 0, bit-identical to not rotating. Meta also scales the frame tokens' h, w
     by grid_size/H_p (docs/reference.md R-vjepa2-1.4); the AC grid is always the predictor's own grid, so that factor
     is 1.
     """

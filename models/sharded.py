@@ -8,11 +8,10 @@ PyTorch, so frozen encoders, exports and conversions can use a training checkpoi
 DCP unpickles a checkpoint's ``.metadata`` with plain ``pickle`` and its non-tensor entries with
 ``torch.load(weights_only=False)`` (torch 2.14: ``torch/distributed/checkpoint/filesystem.py``
 ``FileSystemReader.read_metadata``, ``default_planner.py`` ``DefaultLoadPlanner.load_bytes``): a crafted
-directory could run code on load. Every DCP read here
-goes through :class:`CheckedReader` and :class:`CheckedLoadPlanner`: the metadata is first unpickled
-by :func:`check_dcp_metadata`, which admits only the classes DCP metadata is made of, and every
-non-tensor entry is first loaded with ``weights_only=True``; anything else is a :class:`CheckpointError`
-before DCP touches it.
+directory could run code on load. Every DCP read here goes through :class:`CheckedReader` and
+:class:`CheckedLoadPlanner`: the metadata is first unpickled by :func:`check_dcp_metadata`, which admits
+only the classes DCP metadata is made of, and every non-tensor entry is first loaded with
+``weights_only=True``; anything else is a :class:`CheckpointError` before DCP touches it.
 """
 
 from __future__ import annotations

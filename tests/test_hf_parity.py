@@ -4,8 +4,7 @@ R-peers-1.3, R-peers-1.4, R-peers-1.5).
 Random weights go through the key mapping of models/hf.py. The encoder is compared on full clips and the
 predictor on contexts gathered from the full-clip encoder output with mask token 1 (HF cannot run a masked
 encoder, docs/reference.md R-peers-1.4). Real presets are depth-2 slices (true width, heads, head dim); full depth runs
-in
-tests/gpu/. HF's crop_size is set to the input resolution (it decodes positions on that square grid).
+in tests/gpu/. HF's crop_size is set to the input resolution (it decodes positions on that square grid).
 The masked and non-square encoder paths are checked against HF's own layers fed the true positions.
 """
 

@@ -14,7 +14,7 @@ from core import storage
 from core.errors import UserError
 from train.fsdp import backend
 from train.loop import TRAIN, VAL, TrainData, TrainJob, ValData, train_loop_per_worker
-from train.state import latest_checkpoint, newest_complete_checkpoint, ray_checkpoint
+from train.state import newest_complete_checkpoint, ray_checkpoint
 
 CHECKPOINTS = "checkpoints"  # Ray Train run name: checkpoints live in <output_dir>/checkpoints/
 
@@ -29,7 +29,7 @@ def existing_checkpoint(run_uri: str, ray_managed: bool) -> str | None:
         raise UserError(f"{run_uri} holds checkpoints Ray Train has no record of ({unrecorded}: written in local "
                         "mode, or by a run stopped before its first checkpoint registered); continue it with "
                         "trainer.num_workers=0 or choose another run.output_dir")
-    return latest_checkpoint(run_uri, ray_managed=ray_managed)
+    return recorded if ray_managed else unrecorded
 
 
 def build_trainer(job: TrainJob, output_dir: str, global_batch: int, dataset_config: Any, dataset: Any = None) -> Any:

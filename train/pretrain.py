@@ -1,8 +1,7 @@
 """Pretrain V-JEPA 2 on Ray Train with FSDP2; the last line printed is the exported checkpoint's path.
 
 The paper's recipe (docs/reference.md R-vjepa2-4): the main phase (warmup, then constant LR) and the cooldown (64
-frames,
-384 px for ViT-g, linear LR decay) that starts from the main phase's checkpoint (``run.init_checkpoint``)
+frames, 384 px for ViT-g, linear LR decay) that starts from the main phase's checkpoint (``run.init_checkpoint``)
 and is recorded as a child of the main phase's MLflow run. One YAML describes a run:
 
     vjepa2-ray pretrain --config configs/pretrain/tiny.yaml trainer.num_workers=2 run.output_dir=runs/t

@@ -30,7 +30,7 @@ from train.optim import build_optimizer, plan_batch
 from train.recipe import Recipe, StepResult
 from train.schedules import Schedules, build_schedules
 from train.state import check_compatible
-from train.step import JEPA, build_jepa, forward_loss, train_step
+from train.step import JEPA, build_jepa, forward_loss, to_device, train_step
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,7 @@ class PretrainRecipe(Recipe):
     def validate(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
         totals = torch.zeros(2, dtype=torch.float64)  # sum of per-clip losses, clips
         for batch in batches:
-            clip = batch["clip"].to(self.device, non_blocking=True)
-            masks_enc = [m.to(self.device, non_blocking=True) for m in batch["masks_enc"]]
-            masks_pred = [m.to(self.device, non_blocking=True) for m in batch["masks_pred"]]
+            clip, masks_enc, masks_pred = to_device(batch, self.device)
             with autocast(self.dtype, self.device):
                 loss, _, _ = forward_loss(self.model, clip, masks_enc, masks_pred)
             totals += torch.tensor([float(loss) * clip.size(0), clip.size(0)], dtype=torch.float64)

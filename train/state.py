@@ -8,9 +8,8 @@ A checkpoint is one directory ``step_<8 digits>/`` holding
 
 Every rank writes its shards to a local directory and hands it to ``ray.train.report``, which merges
 them into one directory in the run's storage and keeps ``num_to_keep`` of them (docs/reference.md R-ray-2.6,
-R-ray-2.7). The LR,
-WD and EMA schedules are pure functions of the step (train/schedules.py), so restoring the step restores
-them. Resuming checks the architecture first and refuses a mismatch with a message naming the fields.
+R-ray-2.7). The LR, WD and EMA schedules are pure functions of the step (train/schedules.py), so restoring the step
+restores them. Resuming checks the architecture first and refuses a mismatch with a message naming the fields.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The one V-JEPA 2 training step, shared by the Ray Train loop, a plain process, tests and benchmarks.
 
 Per micro-batch (docs/reference.md R-vjepa2-2, R-vjepa2-4.1, R-vjepa2-11.5): the target encoder runs once on the full
-clip under no_grad; for
-each mask config the context encoder runs on the context tokens and the predictor predicts the target
-tokens (mask token 0, the fpc-group quirk of docs/reference.md R-vjepa2-2); the loss is the mean of the per-config L1
-losses. Gradients accumulate over ``len(micro_batches)`` micro-batches (FSDP2 reduce-scatters only on
+clip under no_grad; for each mask config the context encoder runs on the context tokens and the predictor predicts the
+target tokens (mask token 0, the fpc-group quirk of docs/reference.md R-vjepa2-2); the loss is the mean of the
+per-config L1 losses. Gradients accumulate over ``len(micro_batches)`` micro-batches (FSDP2 reduce-scatters only on
 the last), then AdamW steps with this step's LR/WD and the EMA target follows the context encoder.
 No GradScaler: bf16 has fp32's exponent range, so loss scaling is not needed (Meta's scaler is a no-op
 in practice); no gradient clipping unless ``grad_clip`` > 0 (Meta has none, docs/reference.md R-vjepa2-4.2).
@@ -63,7 +62,8 @@ class StepOutput:
     tokens: int  # this rank's encoder input tokens (full grid per clip)
 
 
-def _to_device(batch: Batch, device: torch.device) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def to_device(batch: Batch, device: torch.device) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """A collated batch's clip and masks on ``device`` (non-blocking copies)."""
     clip = batch["clip"].to(device, non_blocking=True)
     masks_enc = [m.to(device, non_blocking=True) for m in batch["masks_enc"]]
     masks_pred = [m.to(device, non_blocking=True) for m in batch["masks_pred"]]
@@ -101,7 +101,7 @@ def train_step(jepa: JEPA, optimizer: torch.optim.Optimizer, micro_batches: Iter
     clips = tokens = 0
     batches = iter(micro_batches)
     for i in range(grad_accum):
-        clip, masks_enc, masks_pred = _to_device(next(batches), device)
+        clip, masks_enc, masks_pred = to_device(next(batches), device)
         last = i == grad_accum - 1
         with no_gradient_sync(jepa.encoder, jepa.predictor, enabled=not last), autocast(dtype, device):
             loss, per_cfg, std = forward_loss(jepa, clip, masks_enc, masks_pred)
