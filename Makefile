@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-EXTRAS ?= cpu,dev
+EXTRAS ?= cpu,dev,sim
 
 .PHONY: demo test lint env clean
 

@@ -34,7 +34,7 @@ import torch
 from configs import preset_path
 from core.config import load_config
 from core.redact import setup_logging
-from eval.embed import embed_path
+from eval.features import embed_path
 from models.checkpoint import load_encoder
 from models.config import ModelConfig
 from pipelines.dataset import build_train_dataset

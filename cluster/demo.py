@@ -9,7 +9,9 @@ Steps (each prints what it did and where its results are):
   4. pretraining       -> a short tiny V-JEPA 2 run on Ray Train (FSDP2 on gloo) over the VideoMix stream
                           with the curated yt1b source; sharded checkpoints + a Meta-layout export
   5. embed             -> encoder features of one sample-world clip from the exported checkpoint
-Everything goes through the same functions the CLI subcommands and a cluster run use.
+Everything goes through the same functions the CLI subcommands and a cluster run use. In MLflow the
+demo is one parent run (``demo-pipeline``) with the data pass, curation and pretraining nested under it
+(``tracking.parent_run``); the parent holds the step summary.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from core.config import load_config
 from core.entry import module_main
 from core.ray_session import RayConfig, connect
 from core.redact import setup_logging
-from core.tracking import RUNS_ROOT_ENV, TrackingConfig, resolve_uri, runs_root, start_run, ui_hint
+from core.tracking import RUNS_ROOT_ENV, TrackingConfig, parent_run, resolve_uri, runs_root, start_run, ui_hint
+from train.run_tracking import attach_run
 
 log = logging.getLogger("vjepa2_ray.demo")
 
@@ -46,6 +49,15 @@ class DemoContext:
     train_steps: int = 10
     curated_manifest: str = ""
     checkpoint: str = ""
+    parent_run: str = ""  # the demo's MLflow run; every step's run nests under it
+
+    @property
+    def tracking(self) -> TrackingConfig:
+        return TrackingConfig(experiment=DEMO_EXPERIMENT, parent_run=self.parent_run)
+
+    def tracking_overrides(self) -> list[str]:
+        """The same tracking, for the stages configured by YAML plus overrides."""
+        return [f"tracking.experiment={DEMO_EXPERIMENT}", f"tracking.parent_run={self.parent_run}"]
 
     @property
     def world(self) -> Path:
@@ -79,8 +91,7 @@ def step_data_pass(ctx: DemoContext) -> dict:
     rejects = ctx.workdir / "runs" / "demo" / "rejects"
     ds = build_train_dataset(cfg.data, epoch=0, samples=ctx.data_samples, rejects_dir=str(rejects))
     progress = DataProgress(names, every_s=10.0)
-    tracking = TrackingConfig(experiment=DEMO_EXPERIMENT)
-    with start_run(tracking, cfg.data, tags={"demo_step": "data"}, run_name="demo-data") as run:
+    with start_run(ctx.tracking, cfg.data, tags={"demo_step": "data"}, run_name="demo-data") as run:
         for batch in ds.iter_batches(batch_size=cfg.trainer.batch_size_per_worker, batch_format="numpy"):
             progress.update(batch)
         progress.log_to(run)
@@ -97,7 +108,7 @@ def step_curation(ctx: DemoContext) -> dict:
     from pipelines.sample_world import TARGETS
 
     overrides = [f"pool={ctx.world / 'sources' / 'yt1b' / 'manifest.parquet'}",
-                 f"output={ctx.curated_dir}", "tracking.experiment=" + DEMO_EXPERIMENT]
+                 f"output={ctx.curated_dir}", *ctx.tracking_overrides()]
     overrides += [f"targets.{name}.{split}={ctx.world / 'targets' / name / split / 'manifest.parquet'}"
                   for name in TARGETS for split in ("train", "val")]
     result = curate(load_config(CurationConfig, preset_path("curate", "tiny"), overrides))
@@ -117,7 +128,7 @@ def step_pretrain(ctx: DemoContext) -> dict:
         f"data.sources.yt1b.manifest={ctx.curated_manifest}",
         f"run.output_dir={ctx.workdir / 'runs' / 'demo' / 'pretrain'}",
         f"optim.total_steps={ctx.train_steps}", f"trainer.checkpoint_every={ctx.train_steps}",
-        "tracking.experiment=" + DEMO_EXPERIMENT,
+        *ctx.tracking_overrides(),
     ]
     result = pretrain(load_config(PretrainConfig, preset_path("pretrain", "tiny"), overrides))
     ctx.checkpoint = result.export_path
@@ -129,7 +140,7 @@ def step_pretrain(ctx: DemoContext) -> dict:
 def step_embed(ctx: DemoContext) -> dict:
     import numpy as np
 
-    from eval.embed import embed_path
+    from eval.features import embed_path
     from models.checkpoint import load_encoder
     from pipelines.manifest import read_manifest
 
@@ -151,8 +162,9 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
 
 
 # A local Ray sized for a laptop: logical CPUs above the cores so decode actors and a trainer fit together
-# (docs/reference.md R-ray-3.1), a small object store, never a remote cluster.
-DEMO_RAY = RayConfig(address="local", num_cpus=max(4, os.cpu_count() or 1), object_store_mb=512, log_to_driver=False)
+# (docs/reference.md R-ray-3.1), a small object store, never a remote cluster. Workers' lines reach the
+# terminal (the training step lines); Ray's own chatter is filtered out (core/ray_logs.py).
+DEMO_RAY = RayConfig(address="local", num_cpus=max(4, os.cpu_count() or 1), object_store_mb=512)
 
 
 def run_demo(workdir: Path, seed: int = 0, data_samples: int = 64, train_steps: int = 10) -> DemoContext:
@@ -161,13 +173,18 @@ def run_demo(workdir: Path, seed: int = 0, data_samples: int = 64, train_steps: 
     os.environ.setdefault(RUNS_ROOT_ENV, str(workdir / "runs"))
     ctx = DemoContext(workdir=workdir, seed=seed, data_samples=data_samples, train_steps=train_steps)
     connect(DEMO_RAY)
-    for number, (title, step) in enumerate(STEPS, start=1):
-        print(f"[demo {number}/{len(STEPS)}] {title} ...", flush=True)
-        start = time.perf_counter()
-        result = step(ctx)
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        ctx.results[title] = result
-        print(f"[demo {number}/{len(STEPS)}] {title}: {json.dumps(result)}", flush=True)
+    demo_tracking = TrackingConfig(experiment=DEMO_EXPERIMENT)
+    with parent_run(demo_tracking, "demo-pipeline", tags={"vjepa2.pipeline": "demo"}) as parent_id:
+        ctx.parent_run = parent_id
+        for number, (title, step) in enumerate(STEPS, start=1):
+            print(f"[demo {number}/{len(STEPS)}] {title} ...", flush=True)
+            start = time.perf_counter()
+            result = step(ctx)
+            result["seconds"] = round(time.perf_counter() - start, 1)
+            ctx.results[title] = result
+            print(f"[demo {number}/{len(STEPS)}] {title}: {json.dumps(result)}", flush=True)
+        with attach_run(demo_tracking, parent_id, system_metrics=False) as run:
+            run.log_text(json.dumps(ctx.results, indent=2), "demo/summary.json")
     return ctx
 
 

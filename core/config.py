@@ -19,6 +19,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from configs import CONFIG_ROOT
 from core.errors import UserError
 
 T = TypeVar("T")
@@ -195,6 +196,20 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str, origin_name: str) ->
 def from_dict(cls: type[T], data: dict[str, Any], origin_name: str = "config") -> T:
     """Build a typed config from plain data (already merged)."""
     return _build(cls, data, "", origin_name)
+
+
+def find_config(spec: str | Path) -> Path:
+    """A ``--config`` value as a file: an existing path as given, else a preset ``<stage>/<name>`` of the
+    installed ``configs/`` (``pretrain/tiny`` -> ``configs/pretrain/tiny.yaml``), so a preset works from
+    any directory. Neither: a :class:`ConfigError` that says how to list the presets."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    preset = CONFIG_ROOT / (str(spec).removesuffix(".yaml") + ".yaml")
+    if preset.is_file():
+        return preset
+    raise ConfigError(f"{spec}: no such config file, and no preset of that name in {CONFIG_ROOT} "
+                      "(`vjepa2-ray presets` lists them)")
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:

@@ -16,6 +16,8 @@ and the environment that Ray workers get.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -23,13 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import UserError
+from core.ray_logs import filter_worker_lines, quiet_data_context
 from core.redact import SECRET_ENV_VARS, is_secret_key
+
+log = logging.getLogger(__name__)
 
 # Non-secret variables that say which object store a worker talks to and how it finds credentials.
 STORAGE_ENV_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
                     "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED")
 LOCAL = "local"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Set by Ray's job supervisor for the entrypoint of a `ray job submit` (docs/reference.md R-ray-2.9).
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Ray's single-machine mode (docs/reference.md R-ray-3.4): read by ray._private.ray_constants at import.
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -50,21 +57,22 @@ class RayConfig:
 def connect(cfg: RayConfig, cpus_needed: float = 0.0) -> None:
     """Attach to the configured cluster or start a local one; a no-op when this process has Ray."""
     import ray
-    from ray.data import DataContext
 
     if not ray.is_initialized():
         address = cfg.address or os.environ.get("RAY_ADDRESS", "")
         if address and address != LOCAL:
-            ray.init(address=address, log_to_driver=cfg.log_to_driver)
+            ray.init(address=address, log_to_driver=cfg.log_to_driver, logging_level=logging.WARNING)
         else:
             cpus = cfg.num_cpus or max(os.cpu_count() or 1, math.ceil(cpus_needed))
             store = cfg.object_store_mb * 1024**2 or None
             ip = cfg.node_ip_address
             with single_machine() if ip in LOOPBACK else contextlib.nullcontext():
                 ray.init(address=LOCAL, num_cpus=cpus, object_store_memory=store, include_dashboard=False,
-                         log_to_driver=cfg.log_to_driver, **({"_node_ip_address": ip} if ip else {}))
-    # Stages log their own progress: Ray Data's bars redraw with terminal escapes and flood job logs.
-    DataContext.get_current().enable_progress_bars = False
+                         log_to_driver=cfg.log_to_driver, logging_level=logging.WARNING,
+                         **({"_node_ip_address": ip} if ip else {}))
+    # Stages log their own progress; Ray's chatter and progress-bar redraws stay out of the output.
+    filter_worker_lines()
+    quiet_data_context()
 
 
 @contextlib.contextmanager
@@ -90,6 +98,44 @@ def single_machine() -> Iterator[None]:
             os.environ.pop(SINGLE_MACHINE_ENV, None)
         else:
             os.environ[SINGLE_MACHINE_ENV] = saved_env
+
+
+def in_submitted_job() -> bool:
+    """Whether this process is the entrypoint of a ``ray job submit`` (or a process it started)."""
+    return JOB_CONFIG_ENV in os.environ
+
+
+def job_working_dir() -> str:
+    """The job's working directory when it is an uploaded copy (``--working-dir``), else "". Ray deletes
+    that copy after the job, so nothing the job should keep may be written under it."""
+    if not in_submitted_job():
+        return ""
+    with contextlib.suppress(ValueError, TypeError):
+        if json.loads(os.environ[JOB_CONFIG_ENV]).get("runtime_env", {}).get("working_dir"):
+            return os.getcwd()
+    return ""
+
+
+def missing_path_hint(path: str) -> str:
+    """What to add to a "not found" error inside a job: why a relative data path is missing there."""
+    if not job_working_dir():
+        return ""
+    return (" (this runs under `ray job submit`, whose working directory is an upload of the repository "
+            "without data/ (.rayignore): give absolute or s3:// paths, or set data_root / "
+            "VJEPA2_RAY_DATA_ROOT in the job's runtime env)")
+
+
+_warned: set[str] = set()
+
+
+def warn_if_lost(path: str, what: str) -> None:
+    """Warn loudly (once per path) when a job would write ``what`` into its temporary working directory."""
+    workdir = job_working_dir()
+    if workdir and path not in _warned and os.path.abspath(path).startswith(workdir.rstrip("/") + "/"):
+        _warned.add(path)
+        log.warning("%s goes to %s, inside this job's uploaded working directory, which Ray deletes after the "
+                    "job: it will be LOST. Set VJEPA2_RAY_RUNS (or the stage's output path) to shared storage "
+                    "in the job's runtime env", what, path)
 
 
 def worker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

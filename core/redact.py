@@ -62,13 +62,31 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# The project's top-level packages: their loggers get the project's handler (and not Ray's, MLflow's or
+# the root's, which on a Ray worker already has Ray's own handler: one record would print twice).
+PROJECT_LOGGERS = ("__main__", "core", "configs", "models", "pipelines", "curation", "train", "eval", "planning",
+                   "cluster", "sweeps", "bench")
+QUIET_LOGGERS = {"mlflow": logging.WARNING, "ray.train": logging.WARNING}  # ray.data: core/ray_logs.py
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Project-wide logging: one format, credentials masked on every handler."""
+    """Project-wide logging: one format, credentials masked, one line per record; third-party INFO
+    chatter (MLflow's store setup, Ray Train's checkpoint narration) held back to warnings."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    handler.addFilter(RedactingFilter())
+    for name in PROJECT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for h in logger.handlers for f in h.filters):
+            logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
     root = logging.getLogger()
-    if not any(isinstance(f, RedactingFilter) for h in root.handlers for f in h.filters):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                               datefmt="%H:%M:%S"))
-        handler.addFilter(RedactingFilter())
+    if not root.handlers:  # a plain process: third-party records get the same format
         root.addHandler(handler)
-    root.setLevel(level)
+        root.setLevel(level)
+    for existing in root.handlers:  # a Ray worker's own root handler: no credential in its lines either
+        if not any(isinstance(f, RedactingFilter) for f in existing.filters):
+            existing.addFilter(RedactingFilter())
+    for name, quiet in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(max(quiet, level))

@@ -45,6 +45,27 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+DATA_ROOT_ENV = "VJEPA2_RAY_DATA_ROOT"
+
+
+def data_root(configured: str = "") -> str:
+    """Where relative data paths point: the config's ``data_root``, else ``$VJEPA2_RAY_DATA_ROOT``, else
+    the working directory. Under ``ray job submit`` the working directory is the job's uploaded copy of
+    the repository, which holds no ``data/`` (``.rayignore``): jobs set one of the first two."""
+    root = configured or os.environ.get(DATA_ROOT_ENV, "")
+    if is_s3(root):
+        return root.rstrip("/")
+    return str(Path(root or ".").expanduser().resolve())
+
+
+def data_path(path: str, root: str = "") -> str:
+    """``path`` made absolute: ``s3://`` URIs and absolute paths as given, relative ones under
+    :func:`data_root` (``root`` being the config's ``data_root``); "" stays "" (an unset path)."""
+    if not path or is_s3(path) or Path(path).expanduser().is_absolute():
+        return str(Path(path).expanduser()) if path and not is_s3(path) else path
+    return join(data_root(root), path)
+
+
 def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 

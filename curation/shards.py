@@ -6,17 +6,15 @@ filesystem), on S3 an object becomes visible only when its upload completes. So 
 moment leaves only whole shards behind, a re-run skips every shard that exists, and a reader lists only
 ``part-*.parquet`` names (never the ``.part-*.tmp-PID`` leftovers of a killed writer).
 
-Each stage directory also records the fingerprint of the config that produced it (``_stage.json``),
-so a re-run with, say, another embedder fails loudly instead of mixing old and new shards.
+Each stage directory also records the config keys its shards were made with (``_stage.json``,
+curation/lineage.py), so a re-run with, say, another embedder replaces that stage's shards instead of
+mixing old and new ones.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import re
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -26,7 +24,6 @@ from core import storage
 from core.errors import UserError
 
 SHARD_RE = re.compile(r"^part-(\d{5,})\.parquet$")
-FINGERPRINT_FILE = "_stage.json"
 
 
 def shard_uri(stage_dir: str, index: int) -> str:
@@ -88,21 +85,8 @@ def read_stage(stage_dir: str, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
-def fingerprint(sections: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(sections, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def claim_stage(stage_dir: str, sections: dict[str, Any]) -> None:
-    """Record (first run) or check (re-run) the config that this stage's shards were made with."""
-    uri = storage.join(stage_dir, FINGERPRINT_FILE)
-    record = {"fingerprint": fingerprint(sections), "config": sections}
-    if storage.exists(uri):
-        old = json.loads(storage.read_bytes(uri))
-        if old["fingerprint"] != record["fingerprint"]:
-            changed = sorted(k for k in set(old["config"]) | set(sections)
-                             if json.dumps(old["config"].get(k), sort_keys=True, default=str)
-                             != json.dumps(sections.get(k), sort_keys=True, default=str))
-            raise UserError(f"{stage_dir}: made with a different config (changed: {', '.join(changed)}); "
-                            "use a new output directory or delete this stage")
-        return
-    storage.write_bytes(uri, json.dumps(record, indent=1, sort_keys=True, default=str).encode())
+def remove_dir(stage_dir: str) -> None:
+    """Remove everything under ``stage_dir`` (a stage output that its changed inputs made stale)."""
+    with storage.storage_errors(stage_dir, "delete"):
+        fs, path = storage.filesystem_for(stage_dir)
+        fs.delete_dir_contents(path, missing_dir_ok=True)

@@ -257,14 +257,24 @@ def load_encoder(path: str | Path, key: str = "encoder",
                  preset: str | None = None) -> tuple[VisionTransformer, ModelConfig]:
     """An eval-mode encoder from ``key`` (``encoder`` or ``target_encoder``) of any checkpoint
     :func:`checkpoint_kind` recognises."""
+    _check_encoder_key(key)
+    ckpt = open_checkpoint(path)
+    ckpt.state(key)  # a missing key is named before any question about the architecture
+    cfg = resolve_model_cfg(ckpt, preset)
+    return encoder_of(ckpt, cfg, key), cfg
+
+
+def _check_encoder_key(key: str) -> None:
     if key not in ("encoder", "target_encoder"):
         raise CheckpointError(f"--key must be encoder or target_encoder, got '{key}'")
-    ckpt = open_checkpoint(path)
-    sd = ckpt.state(key)
-    cfg = resolve_model_cfg(ckpt, preset)
+
+
+def encoder_of(ckpt: MetaCheckpoint, cfg: ModelConfig, key: str = "encoder") -> VisionTransformer:
+    """The eval-mode encoder ``key`` of a loaded checkpoint, built for ``cfg`` and loaded strictly."""
+    _check_encoder_key(key)
     encoder = build_encoder(cfg.encoder)
-    load_state(encoder, sd, key, ckpt.path)
-    return encoder.eval(), cfg
+    load_state(encoder, ckpt.state(key), key, ckpt.path)
+    return encoder.eval()
 
 
 def load_predictor(ckpt: MetaCheckpoint, cfg: ModelConfig) -> nn.Module:

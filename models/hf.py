@@ -3,7 +3,8 @@
 A HF model is a directory with ``model.safetensors`` and ``config.json`` (``model_type: vjepa2``). The key
 mapping is pure renaming plus two reshapes: Meta's fused ``attn.qkv`` is split into ``query``/``key``/``value``
 and the ``mask_tokens.{i}`` list is stacked into one ``[n, 1, 1, P]`` tensor. Both directions are bit-exact.
-This module does not import transformers: it only reads and writes files.
+An export also holds the video processor config (so ``AutoVideoProcessor`` loads the directory too) and a
+model card (``README.md``). This module does not import transformers: it only reads and writes files.
 """
 
 from __future__ import annotations
@@ -20,12 +21,22 @@ from torch import Tensor
 
 from core import storage
 from core.config import ConfigError, from_dict, to_dict
-from models.build import list_presets, load_model_preset
+from models.build import count_params, list_presets, load_model_preset
 from models.checkpoint import ARCH_KEY, FORMAT_VERSION, CheckpointError, StateDict
 from models.config import EncoderConfig, ModelConfig, PredictorConfig
+from models.frozen import IMAGENET_MEAN, IMAGENET_STD
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# The name transformers' VJEPA2VideoProcessor.save_pretrained writes (5.24.0; AutoVideoProcessor also falls back
+# to preprocessor_config.json). tests/test_hf_processor.py checks it against the installed transformers.
+PROCESSOR_FILE = "video_preprocessor_config.json"
+CARD_FILE = "README.md"
+# docs/reference.md R-vjepa2-8.2: the hub preprocessor resizes the short side to int(crop * 256 / 224).
+RESIZE_RATIO = 256 / 224
+PIL_BILINEAR = 2  # transformers stores `resample` as a PIL.Image.Resampling value
+# Where a training run's record rides in a checkpoint's extras (models/sharded.py, train/state.export_meta).
+TRAIN_RECORD = "vjepa2_ray_train"
 QKV = ("query", "key", "value")
 
 # (Meta prefix, HF prefix); block internals are handled by _block_to_hf / _block_to_meta.
@@ -183,8 +194,104 @@ def is_hf_dir(path: str) -> bool:
     return storage.exists(storage.join(path, CONFIG_FILE))
 
 
-def save_hf(out_dir: str | Path, encoder_sd: StateDict, predictor_sd: StateDict, cfg: ModelConfig) -> None:
-    """Write ``model.safetensors`` + ``config.json`` (loadable by ``VJEPA2Model.from_pretrained``)."""
+def processor_config(cfg: ModelConfig) -> dict[str, Any]:
+    """``VJEPA2VideoProcessor`` settings equal to this project's eval preprocessing at the model's resolution
+    (``pipelines.transforms.eval_preprocess``: short side to int(crop * 256 / 224), bilinear, center crop,
+    ImageNet mean/std; docs/reference.md R-vjepa2-8.2), so HF users feed the model what our evaluation does."""
+    crop = cfg.encoder.img_size
+    return {
+        "video_processor_type": "VJEPA2VideoProcessor",
+        "do_resize": True, "size": {"shortest_edge": int(crop * RESIZE_RATIO)}, "resample": PIL_BILINEAR,
+        "do_center_crop": True, "crop_size": {"height": crop, "width": crop},
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
+    }
+
+
+def training_provenance(extras: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's extras say about the run that trained it (empty when they say nothing): this
+    project's training record (step, git revision, MLflow run), else a Meta training file's ``epoch``."""
+    record = extras.get(TRAIN_RECORD)
+    if isinstance(record, dict):
+        fields = {"step": (record.get("state") or {}).get("step"), "git revision": record.get("git_revision"),
+                  "MLflow run": record.get("mlflow_run_id"), "world size": record.get("world_size")}
+        return {k: v for k, v in fields.items() if v is not None}
+    return {"epoch": extras["epoch"]} if "epoch" in extras else {}
+
+
+def model_card(cfg: ModelConfig, source: str = "", training: dict[str, Any] | None = None) -> str:
+    """The export's ``README.md``: what the model is, where it came from, how to feed and load it."""
+    enc, pred, crop = cfg.encoder, cfg.predictor, cfg.encoder.img_size
+    counts = count_params(cfg)
+    trained = "\n".join(f"- {k}: `{v}`" for k, v in (training or {}).items()) or \
+        "- training: not recorded in the source checkpoint"
+    rows = [("encoder", enc.embed_dim, enc.depth, enc.num_heads, enc.mlp_hidden,
+             f"{enc.patch_size} x {enc.tubelet_size} patches"),
+            ("predictor", pred.embed_dim, pred.depth, pred.num_heads, pred.mlp_hidden,
+             f"{pred.num_mask_tokens} mask tokens")]
+    table = "\n".join(f"| {name} | {width} x {depth} | {heads} | {mlp} | {extra} | {counts[name]:,} |"
+                      for name, width, depth, heads, mlp, extra in rows)
+    return f"""---
+library_name: transformers
+tags: [video, vjepa2, self-supervised-learning, feature-extraction]
+---
+
+# V-JEPA 2 `{cfg.preset}` (exported by vjepa2-ray)
+
+A V-JEPA 2 video encoder with its mask-token predictor, in the layout of `transformers`' `VJEPA2Model`.
+
+## Architecture
+
+| part | width x depth | heads | MLP | tokens | parameters |
+|---|---|---|---|---|---|
+{table}
+
+Preset `{cfg.preset}` (`configs/model/{cfg.preset}.yaml` in vjepa2-ray): {crop} px, {enc.num_frames} frames per clip.
+3D RoPE, no CLS token; the encoder returns one token per {enc.tubelet_size} x {enc.patch_size} x {enc.patch_size} \
+tubelet. The full vjepa2-ray config is in `config.json` under `{ARCH_KEY}`.
+
+## Provenance
+
+- source checkpoint: `{source or "unknown"}`
+{trained}
+
+## Preprocessing
+
+`{PROCESSOR_FILE}` (`VJEPA2VideoProcessor`) holds the eval preprocessing of vjepa2-ray
+(`pipelines.transforms.eval_preprocess`): short side resized to {int(crop * RESIZE_RATIO)} px (bilinear,
+antialiased), center crop to {crop} x {crop}, scaled to [0, 1], ImageNet mean {list(IMAGENET_MEAN)} and
+std {list(IMAGENET_STD)}. transformers resizes uint8 frames and truncates the resized long side and the crop
+offset, where vjepa2-ray resizes floats and rounds both: the two agree to one uint8 level on frames where
+truncating and rounding give the same size and offset (4:3 at 256 px), and sit one pixel apart otherwise
+(16:9 at 256 px).
+
+## How to load
+
+```python
+from transformers import AutoModel, AutoVideoProcessor
+
+model = AutoModel.from_pretrained("path/to/this/dir")
+processor = AutoVideoProcessor.from_pretrained("path/to/this/dir")
+inputs = processor(videos=[frames], return_tensors="pt")  # frames: uint8 [T, H, W, 3]
+tokens = model.get_vision_features(**inputs)              # [1, N, {enc.embed_dim}]
+```
+
+With vjepa2-ray: `from models import hub; encoder = hub.load_encoder(checkpoint="path/to/this/dir")`, or
+`vjepa2-ray embed --checkpoint path/to/this/dir ...`; `vjepa2-ray convert` turns it back into Meta's layout.
+
+## License
+
+The weights keep the terms of the checkpoint they came from: Meta's released V-JEPA 2 weights come under
+the license of Meta's release, weights trained with vjepa2-ray (Apache-2.0 code) under the terms of their
+training data. Check both before redistributing.
+"""
+
+
+def save_hf(out_dir: str | Path, encoder_sd: StateDict, predictor_sd: StateDict, cfg: ModelConfig,
+            source: str = "", training: dict[str, Any] | None = None) -> None:
+    """Write ``model.safetensors`` + ``config.json`` (loadable by ``AutoModel.from_pretrained``), the video
+    processor config (``AutoVideoProcessor.from_pretrained``) and a model card naming ``source`` and the
+    ``training`` provenance (:func:`training_provenance`)."""
     out_dir = str(out_dir)
     config = hf_config(cfg)
     tensors = {k: v.contiguous() for k, v in meta_to_hf(encoder_sd, predictor_sd).items()}
@@ -192,6 +299,8 @@ def save_hf(out_dir: str | Path, encoder_sd: StateDict, predictor_sd: StateDict,
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     storage.write_bytes(storage.join(out_dir, MODEL_FILE), save_safetensors(tensors, metadata={"format": "pt"}))
     storage.write_bytes(storage.join(out_dir, CONFIG_FILE), json.dumps(config, indent=2).encode())
+    storage.write_bytes(storage.join(out_dir, PROCESSOR_FILE), json.dumps(processor_config(cfg), indent=2).encode())
+    storage.write_bytes(storage.join(out_dir, CARD_FILE), model_card(cfg, source, training).encode())
 
 
 def load_hf(path: str | Path) -> tuple[ModelConfig, StateDict, StateDict]:

@@ -203,7 +203,7 @@ def _class_list(uri: str | None) -> list[str] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=sorted(BUILDERS))
+    parser.add_argument("dataset", choices=sorted(BUILDERS), help="which dataset's index format to read")
     parser.add_argument("--out", required=True, help="manifest to write (.parquet, or .csv for Meta's format)")
     parser.add_argument("--root", required=True, help="media root (local or s3://)")
     parser.add_argument("--index", help="the dataset's index file (JSON/CSV); not for imagenet")
@@ -213,7 +213,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ext", default="mp4", help="howto100m: video file extension")
     parser.add_argument("--label", choices=("verb", "noun"), default="verb", help="epickitchens: label column")
     parser.add_argument("--probe", action="store_true", help="open every file to fill fps/num_frames/...")
-    parser.add_argument("--decoder", choices=decode.BACKENDS, default="decord")
+    parser.add_argument("--decoder", choices=decode.BACKENDS, default="decord",
+                        help="first backend tried for --probe (the others follow if it cannot read a file)")
 
 
 def run(args: argparse.Namespace) -> int:

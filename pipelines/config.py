@@ -75,6 +75,10 @@ class DataConfig:
     # Images over this many pixels are quarantined (too_large) from their header, before decoding: PIL's own
     # bomb limit (2 x Image.MAX_IMAGE_PIXELS) by default; larger values lift PIL's limit to match; 0: none.
     max_image_pixels: int = 178_956_970
+    # The seek check (pipelines/decode.py, docs/data.md "Seeks that decode garbage"): on a file's first use in
+    # each decode worker, a few sought frames are compared with a sequential decode of at most this many
+    # frames from the start; a file that seeks wrong is read another way, or quarantined (bad_seek). 0: off.
+    seek_check_frames: int = 300
     max_redraws: int = 10  # redraws from the same source before a sample is given up (and recorded)
     progress_every_s: float = 30.0
     # Environment for decode actors, e.g. {AWS_ENDPOINT_URL_S3: http://minio:9000}. Not for secrets:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.ray_session import worker_runtime_env
+from pipelines import decode
 from pipelines.clips import ClipRequest, make_clip
 from pipelines.config import DataConfig
 from pipelines.quarantine import Quarantine, RejectRecord, SampleError
@@ -50,9 +52,14 @@ class ClipDecoder:
     A request that fails at any stage is quarantined (record + counter) and replaced by a
     deterministic redraw from the same source (``ClipIndex.redraw``), up to ``max_redraws`` times,
     so the source mix holds and a good sample is never dropped.
+
+    The seek check (``data.seek_check_frames``) is on in the process: a file's first clip here first
+    verifies that seeking in it gives the frames a sequential decode gives; one that seeks wrong is
+    read another way from then on (logged), or quarantined as ``bad_seek`` and redrawn.
     """
 
     def __init__(self, cfg: DataConfig, index: ClipIndex, epoch: int, rejects_dir: str | None = None):
+        decode.configure_seek_check(cfg.seek_check_frames)
         self.cfg = cfg
         self.index = index
         self.epoch = epoch
@@ -188,7 +195,9 @@ def train_data_config(data_cfg: DataConfig):
     """
     import ray.train
 
-    options = ray.train.DataConfig.default_ingest_options()
+    with warnings.catch_warnings():  # Ray 2.60's own default passes its deprecated exclude_resources on
+        warnings.filterwarnings("ignore", message=".*exclude_resources.*deprecated")
+        options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = data_cfg.preserve_order
     return ray.train.DataConfig(execution_options=options)
 

@@ -9,6 +9,12 @@ system FFmpeg libraries (``seek_mode="exact"``: the approximate mode returned wr
 A reader is opened per clip and closed after it: with decord, a cached reader serving random clips
 was slower here (0.091 vs 0.068 s per clip, docs/reference.md R-environment-7). Every failure becomes a
 :class:`~pipelines.quarantine.SampleError` with a reason, never an unhandled exception.
+
+Seeks are verified, not trusted: some valid files make a backend's random access return other frames
+than a plain sequential decode (decord on H.264 with periodic intra refresh or open GOPs, here). The
+seek check (:func:`check_seeks`) compares the two on a few frames of each file; a file whose seeks
+differ is read sequentially from the previous keyframe (:meth:`ForwardReader.read_sequential`) or by
+the next backend, and one that no backend reads right either way is quarantined as ``bad_seek``.
 """
 
 from __future__ import annotations
@@ -16,10 +22,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import itertools
+import logging
 import os
 import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -27,6 +38,8 @@ import pyarrow.fs as pafs
 from core import storage
 from pipelines.config import DataConfig
 from pipelines.quarantine import SampleError
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("decord", "pyav", "torchcodec")
 # Meta's jpg, jpeg, png (docs/reference.md R-vjepa2-5.4), plus other still formats PIL reads. Not .gif: an
@@ -38,6 +51,14 @@ Media = str | BinaryIO
 def is_image(uri: str) -> bool:
     """Meta's rule (docs/reference.md R-vjepa2-5.4): a path ending in an image suffix is read as an image."""
     return PurePosixPath(str(uri)).suffix.lower() in IMAGE_SUFFIXES
+
+
+class FetchedBytes(io.BytesIO):
+    """An object's bytes that remember its URI: the seek check's verdicts are kept per file."""
+
+    def __init__(self, data: bytes, uri: str):
+        super().__init__(data)
+        self.uri = uri
 
 
 def fetch(uri: str, max_bytes: int = 0) -> Media:
@@ -53,7 +74,7 @@ def fetch(uri: str, max_bytes: int = 0) -> Media:
         _check_size(info.size, max_bytes)
         try:
             with fs.open_input_stream(path) as stream:
-                return io.BytesIO(stream.read())
+                return FetchedBytes(stream.read(), uri)
         except OSError as exc:
             raise SampleError("io_error", "fetch", str(exc)) from exc
     try:
@@ -100,6 +121,58 @@ class VideoReader(Protocol):
     def close(self) -> None: ...
 
 
+def wanted_frames(indices: np.ndarray, num_frames: int) -> np.ndarray:
+    """The distinct ``indices`` in order; indices outside the video are a ``decode_error``."""
+    wanted = np.unique(np.asarray(indices, dtype=np.int64))
+    if len(wanted) and (wanted[0] < 0 or wanted[-1] >= num_frames):
+        raise SampleError("decode_error", "decode", f"indices outside [0, {num_frames})")
+    return wanted
+
+
+class ForwardReader:
+    """The sequential read mode every backend shares: one seek to a keyframe (or none), then decode forward.
+
+    A backend provides :meth:`keyframes` (indices; empty when it cannot tell) and :meth:`frames_from`
+    (``(index, frame)`` in presentation order from a keyframe on). Reading forward is slower than
+    random access for frames far apart, but does not depend on how the backend seeks inside a GOP.
+    """
+
+    name = ""
+    num_frames: int
+
+    def keyframes(self) -> list[int]:
+        return []
+
+    def frames_from(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
+        raise NotImplementedError
+
+    def read_sequential(self, indices: np.ndarray, from_start: bool = False) -> np.ndarray:
+        """Frames at ``indices``, decoded forward from the last keyframe at or before the first of them
+        (from the first frame with ``from_start``, or when keyframes are unknown)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        wanted = wanted_frames(indices, self.num_frames)
+        if not len(wanted):
+            raise SampleError("decode_error", "decode", "no frame asked for")
+        keys = [] if from_start else [k for k in self.keyframes() if k <= wanted[0]]
+        want, last = set(wanted.tolist()), int(wanted[-1])
+        frames: dict[int, np.ndarray] = {}
+        try:
+            for index, frame in self.frames_from(max(keys, default=0)):
+                if index in want:
+                    frames[index] = frame
+                if index >= last:
+                    break
+        except SampleError:
+            raise
+        except Exception as exc:  # each backend's own errors, as in get_frames
+            raise SampleError("decode_error", "decode", f"{self.name}: {exc}") from exc
+        missing = want - frames.keys()
+        if missing:
+            raise SampleError("decode_error", "decode",
+                              f"{self.name}: frame {min(missing)} not reached reading forward")
+        return np.stack([frames[i] for i in indices.tolist()])
+
+
 def import_decord():
     """decord, imported after PyAV: decord loads its bundled FFmpeg 4.1 and libvpx 6.4 with RTLD_GLOBAL.
 
@@ -112,7 +185,9 @@ def import_decord():
     return decord
 
 
-class DecordReader:
+class DecordReader(ForwardReader):
+    name = "decord"
+
     def __init__(self, src: Media, threads: int = 1):
         decord = import_decord()
 
@@ -132,11 +207,19 @@ class DecordReader:
         except Exception as exc:
             raise SampleError("decode_error", "decode", f"decord: {exc}") from exc
 
+    def keyframes(self) -> list[int]:
+        return [int(k) for k in self._vr.get_key_indices()]
+
+    def frames_from(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
+        self._vr.seek(start)
+        for index in range(start, self.num_frames):
+            yield index, self._vr.next().asnumpy()
+
     def close(self) -> None:
         del self._vr
 
 
-class PyAVReader:
+class PyAVReader(ForwardReader):
     """PyAV with exact frame access: a packet index (pts in presentation order, keyframes) built at open.
 
     A requested frame is reached by seeking to the last keyframe at or before it and decoding forward;
@@ -145,6 +228,8 @@ class PyAVReader:
     GOP late there); a seek that still lands past the wanted frame is redone from the stream's start.
     Frames are turned by the stream's display rotation, as decord does (:data:`ROTATION_RULE`).
     """
+
+    name = "pyav"
 
     def __init__(self, src: Media, threads: int = 1):
         import av
@@ -194,7 +279,11 @@ class PyAVReader:
         return self._container.decode(self._stream)
 
     @staticmethod
-    def _frame_at(decoder, target: int) -> tuple[np.ndarray | None, int | None]:
+    def _rgb(frame) -> np.ndarray:
+        return rotate(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
+
+    @classmethod
+    def _frame_at(cls, decoder, target: int) -> tuple[np.ndarray | None, int | None]:
         """Decode forward to presentation time ``target``: (its RGB frame, or None if the decoder passed it
         or ran out; the last pts seen)."""
         last = None
@@ -204,14 +293,22 @@ class PyAVReader:
                 continue
             if frame.pts > target:
                 return None, last
-            return rotate(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0), last
+            return cls._rgb(frame), last
         return None, last
+
+    def keyframes(self) -> list[int]:
+        return np.searchsorted(self._pts, self._keys).tolist()
+
+    def frames_from(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
+        key = np.flatnonzero(self._keys == self._pts[start])
+        for frame in self._decoder(int(key[0]) if start and len(key) else None):
+            index = int(np.searchsorted(self._pts, frame.pts)) if frame.pts is not None else -1
+            if start <= index < self.num_frames and self._pts[index] == frame.pts:
+                yield index, self._rgb(frame)
 
     def get_frames(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
-        wanted = np.unique(indices)
-        if len(wanted) and (wanted[0] < 0 or wanted[-1] >= self.num_frames):
-            raise SampleError("decode_error", "decode", f"indices outside [0, {self.num_frames})")
+        wanted = wanted_frames(indices, self.num_frames)
         frames: dict[int, np.ndarray] = {}
         decoder = None
         last_pts: int | None = None
@@ -238,7 +335,10 @@ class PyAVReader:
         self._container.close()
 
 
-class TorchcodecReader:
+class TorchcodecReader(ForwardReader):
+    name = "torchcodec"
+    chunk = 32  # frames per forward-read call
+
     def __init__(self, src: Media, threads: int = 1):
         try:
             from torchcodec.decoders import VideoDecoder
@@ -262,6 +362,13 @@ class TorchcodecReader:
             return self._dec.get_frames_at(indices=np.asarray(indices).tolist()).data.numpy()
         except Exception as exc:
             raise SampleError("decode_error", "decode", f"torchcodec: {exc}") from exc
+
+    def frames_from(self, start: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Consecutive ranges: torchcodec decodes on from where it stopped (its public API lists no
+        keyframes, so a sequential read starts at frame 0)."""
+        for at in range(start, self.num_frames, self.chunk):
+            batch = self._dec.get_frames_in_range(at, min(at + self.chunk, self.num_frames)).data.numpy()
+            yield from enumerate(batch, at)
 
     def close(self) -> None:
         del self._dec
@@ -337,41 +444,227 @@ class FallbackReader:
     decord opens some files and then fails on every decode (widths such as 16, 24 or 48 pixels, its
     frame buffer is laid out for another size); PyAV reads them. Whichever backend serves a file, frame
     ``i`` is the i-th frame in presentation order, so the clip is the same.
+
+    With ``checks`` (:class:`SeekChecks`), the first read of a file runs the seek check
+    (:func:`check_seeks`) down the chain and reads the file the first way that matches a sequential
+    decode; the verdict is kept under ``key`` (the file's URI), so later opens of the file go straight
+    to that backend and mode, or refuse it (``bad_seek``) without decoding.
     """
 
-    def __init__(self, src: Media, chain: list[str], threads: int):
-        self._src, self._threads = src, threads
+    def __init__(self, src: Media, chain: list[str], threads: int, checks: SeekChecks | None = None,
+                 key: str | None = None):
+        self._src, self._threads, self._checks, self._key = src, threads, checks, key
+        self.verdict = checks.get(key) if checks else None
+        if self.verdict and self.verdict.status == "bad_seek":
+            raise SampleError("bad_seek", "decode", self.verdict.detail)
+        if self.verdict:
+            chain = [self.verdict.backend] + [b for b in chain if b != self.verdict.backend]
         self._reader, at = _open_first(src, chain, threads)
         self._rest = chain[at + 1:]
+        self._sequential = bool(self.verdict and self.verdict.sequential and self.verdict.backend == chain[at])
         self.num_frames, self.fps = self._reader.num_frames, self._reader.fps
 
+    def _others(self) -> Iterator[ForwardReader]:
+        """The later backends of the chain that open the file with the same frame count and rate."""
+        for name in self._rest:
+            _rewind(self._src)
+            try:
+                other = _READERS[name](self._src, threads=self._threads)
+            except (SampleError, RuntimeError):
+                continue
+            if (other.num_frames, round(other.fps, 3)) != (self.num_frames, round(self.fps, 3)):
+                other.close()
+                continue
+            yield other
+
+    def _switch(self, reader: ForwardReader, sequential: bool) -> None:
+        if reader is not self._reader:
+            self._reader.close()
+            self._reader = reader
+        self._sequential = sequential
+
     def get_frames(self, indices: np.ndarray) -> np.ndarray:
+        if self._checks and self.verdict is None:
+            self.verdict = self._check()
+        read = self._reader.read_sequential if self._sequential else self._reader.get_frames
         try:
-            return self._reader.get_frames(indices)
+            return read(indices)
         except SampleError as first:
             if first.reason != "decode_error":
                 raise
-            for name in self._rest:
-                _rewind(self._src)
-                try:
-                    other = _READERS[name](self._src, threads=self._threads)
-                except (SampleError, RuntimeError):
-                    continue
-                if (other.num_frames, round(other.fps, 3)) != (self.num_frames, round(self.fps, 3)):
-                    other.close()
-                    continue
+            for other in self._others():
                 try:
                     frames = other.get_frames(indices)
                 except SampleError:
                     other.close()
                     continue
-                self._reader.close()
-                self._reader = other
+                self._switch(other, sequential=False)
                 return frames
             raise
 
+    def _check(self) -> SeekVerdict:
+        """Run the seek check on this backend, then on the later ones, until one reads the file right.
+
+        ``ok``: the first backend that decodes the file seeks right; ``fallback``: a backend's seeks
+        differed and the file is read another way that matches (that backend sequentially, or a later
+        backend); ``bad_seek``: no backend reads it right. A file no backend can decode at all keeps
+        its ``decode_error``, and gets no verdict.
+        """
+        notes: list[str] = []
+        errors: list[SampleError] = []
+        for reader in itertools.chain([self._reader], self._others()):
+            try:
+                how, note = check_seeks(reader, self._checks.frames)
+            except SampleError as err:
+                how, note = None, ""
+                errors.append(err)
+            notes += [note] if note else []
+            if how is None:  # it differs (a note), or cannot decode the frames (an error)
+                if reader is not self._reader:
+                    reader.close()
+                continue
+            sequential = how == "sequential"
+            self._switch(reader, sequential)
+            if notes:
+                notes.append(f"read by {reader.name}" + (" sequentially" if sequential else ""))
+            verdict = SeekVerdict("fallback" if notes else "ok", reader.name, sequential, "; ".join(notes))
+            break
+        else:
+            if not notes:
+                raise errors[0]
+            verdict = SeekVerdict("bad_seek", self._reader.name, False, "; ".join(notes))
+        self._checks.put(self._key, verdict)
+        if verdict.status != "ok":
+            log.warning("seek check %s: %s (%s)", self._key or "<bytes>", verdict.status, verdict.detail)
+        if verdict.status == "bad_seek":
+            raise SampleError("bad_seek", "decode", verdict.detail)
+        return verdict
+
     def close(self) -> None:
         self._reader.close()
+
+
+# The seek check. Most files seek right; the ones that do not return other frames (or garbage) without
+# an error, so random access is compared with a plain decode from the first frame on a few frames.
+PIXEL_TOLERANCE = 2  # max |difference| of a sample, as between backends in tests/test_decode.py
+SEEK_CHECK_POINTS = 5  # frames compared (after frame 0) when no keyframe after the first is known
+SeekStatus = Literal["ok", "fallback", "bad_seek"]
+
+
+@dataclass(frozen=True)
+class SeekVerdict:
+    """A file's seek check: its status, the backend that reads it, in sequential mode or not, and why."""
+
+    status: SeekStatus
+    backend: str
+    sequential: bool
+    detail: str = ""
+
+
+def check_points(keyframes: list[int], num_frames: int, limit: int) -> np.ndarray:
+    """The frames the seek check compares, all before ``limit`` (which bounds the decode from the start).
+
+    Around the first keyframe after frame 0 (the first seek that lands anywhere but the start; open
+    GOPs and intra refresh go wrong there), the middle of that GOP, and the next keyframe; evenly
+    spaced when no such keyframe is known.
+    """
+    end = min(num_frames, limit)
+    if end < 2:
+        return np.empty(0, np.int64)
+    keys = sorted(k for k in set(keyframes) if 0 < k < end)
+    if keys:
+        after = keys[1] if len(keys) > 1 else end - 1
+        points = np.asarray([keys[0] - 1, keys[0], keys[0] + 1, (keys[0] + after) // 2, after])
+    else:
+        points = np.linspace(0, end - 1, SEEK_CHECK_POINTS + 1)[1:]
+    return np.unique(np.clip(points.astype(np.int64), 0, end - 1))
+
+
+def frames_differ(frames: np.ndarray, reference: np.ndarray, points: np.ndarray) -> str:
+    """'' when ``frames`` match ``reference`` within :data:`PIXEL_TOLERANCE`, else where and by how much."""
+    if frames.shape != reference.shape:
+        return f"shape {frames.shape[1:]} instead of {reference.shape[1:]}"
+    diff = np.abs(frames.astype(np.int16) - reference).reshape(len(points), -1).max(axis=1)
+    bad = np.flatnonzero(diff > PIXEL_TOLERANCE)
+    return f"frame {points[bad[0]]} differs by up to {diff[bad[0]]}" if len(bad) else ""
+
+
+def check_seeks(reader: ForwardReader, limit: int) -> tuple[Literal["seek", "sequential"] | None, str]:
+    """How ``reader`` reads right: by seeking, by reading forward from the previous keyframe, or neither
+    (None); with a note saying what differed. The truth is a forward decode from the first frame."""
+    points = check_points(reader.keyframes(), reader.num_frames, limit)
+    if not len(points):
+        return "seek", ""
+    truth = reader.read_sequential(points, from_start=True)
+    sought = reader.get_frames(points[::-1])[::-1]  # backwards: every frame is a seek, as in a random clip
+    seek_note = frames_differ(sought, truth, points)
+    if not seek_note:
+        return "seek", ""
+    # one read per frame, each from its own previous keyframe: as a clip anywhere in the file would be read
+    keyed = np.concatenate([reader.read_sequential(points[i:i + 1]) for i in range(len(points))])
+    keyed_note = frames_differ(keyed, truth, points)
+    note = f"{reader.name} seeks: {seek_note}"
+    if not keyed_note:
+        return "sequential", note
+    return None, f"{note}; {reader.name} reading from the previous keyframe: {keyed_note}"
+
+
+class SeekChecks:
+    """The seek check's setting and this process's verdicts by file URI.
+
+    Non-ok verdicts (rare) are all kept; ok ones in a bounded LRU (:attr:`kept`), so a worker over a
+    dataset larger than that re-checks a file it has not seen for a while instead of growing without
+    bound.
+    """
+
+    kept = 1 << 16
+
+    def __init__(self, frames: int = 0):
+        self.frames = frames  # 0: no check; else the check decodes at most this many frames from the start
+        self._ok: OrderedDict[str, SeekVerdict] = OrderedDict()
+        self._other: dict[str, SeekVerdict] = {}
+
+    def get(self, key: str | None) -> SeekVerdict | None:
+        if key is None:
+            return None
+        if key in self._ok:
+            self._ok.move_to_end(key)
+            return self._ok[key]
+        return self._other.get(key)
+
+    def put(self, key: str | None, verdict: SeekVerdict) -> None:
+        if key is None:
+            return
+        if verdict.status != "ok":
+            self._other[key] = verdict
+            return
+        self._ok[key] = verdict
+        if len(self._ok) > self.kept:
+            self._ok.popitem(last=False)
+
+
+# One per process: pipelines.clips.make_clip opens videos with open_video(src, backend, threads), so the
+# setting reaches it here; the decode actors and validate-data set it from data.seek_check_frames.
+_seek_checks = SeekChecks()
+
+
+def configure_seek_check(frames: int) -> SeekChecks:
+    """Check seeks on every file :func:`open_video` reads in this process (``frames`` 0: no check); the
+    verdicts are kept while the setting stays the same."""
+    global _seek_checks
+    if frames != _seek_checks.frames:
+        _seek_checks = SeekChecks(frames)
+    return _seek_checks
+
+
+def seek_verdict(uri: str) -> SeekVerdict | None:
+    """This process's seek verdict for ``uri``, if the file was checked."""
+    return _seek_checks.get(uri)
+
+
+def media_key(src: Media) -> str | None:
+    """The URI a verdict is kept under: a local path, or the URI of fetched bytes."""
+    return src if isinstance(src, str) else getattr(src, "uri", None)
 
 
 _READERS = {"decord": DecordReader, "pyav": PyAVReader, "torchcodec": TorchcodecReader}
@@ -379,12 +672,14 @@ _READERS = {"decord": DecordReader, "pyav": PyAVReader, "torchcodec": Torchcodec
 
 def open_video(src: Media, backend: str = "decord", threads: int = 1, fallback: bool = True) -> VideoReader:
     """Open ``src`` (a local path or an in-memory file) with ``backend``, falling back to the other
-    installed backends when it cannot open or decode the file (``fallback=False``: that backend only)."""
+    installed backends when it cannot open or decode the file, or seeks wrong in it (the seek check, when
+    :func:`configure_seek_check` turned it on); ``fallback=False``: that backend only, no check."""
     if backend not in _READERS:
         raise ValueError(f"unknown decoder {backend!r}; choose one of {list(BACKENDS)}")
     if not fallback:
         return _READERS[backend](src, threads=threads)
-    return FallbackReader(src, fallback_chain(backend, src), threads)
+    checks = _seek_checks if _seek_checks.frames else None
+    return FallbackReader(src, fallback_chain(backend, src), threads, checks, media_key(src))
 
 
 # PIL's own bomb limit raises at twice Image.MAX_IMAGE_PIXELS (178,956,970 pixels in Pillow 13); the

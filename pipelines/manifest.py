@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from core import storage
 from core.errors import UserError
+from core.ray_session import missing_path_hint
 
 REQUIRED_COLUMNS: dict[str, pa.DataType] = {
     "uri": pa.string(),
@@ -163,7 +164,7 @@ def read_manifest(uri: str) -> pa.Table:
     """Read a manifest (Parquet, or Meta CSV by suffix) from a local path or ``s3://``."""
     uri = str(uri)
     if not storage.exists(uri):
-        raise ManifestError(f"{uri}: manifest not found")
+        raise ManifestError(f"{uri}: manifest not found{missing_path_hint(uri)}")
     try:
         if is_csv(uri):
             # utf-8-sig: a byte-order mark (spreadsheet exports) is not part of the first path

@@ -35,8 +35,17 @@ REASONS: dict[str, str] = {
     "too_few_frames": "fewer frames than data.min_frames",
     "empty_window": "the row's start_s/end_s scene bounds hold no frame",
     "decode_error": "frames could not be decoded (truncated or corrupt stream)",
+    "bad_seek": "seeking gives other frames than a sequential decode, and no backend reads it right either way",
     "bad_image": "the image cannot be decoded",
     "redraws_exhausted": "every redraw from this source failed too; the sample was skipped",
+    # robot episodes (pipelines/episodes): a whole episode is the sample
+    "missing_h5_key": "trajectory.h5 lacks a dataset the reader needs (pose, gripper, the camera's extrinsics)",
+    "bad_metadata": "the episode's metadata (DROID json, LeRobot episode row or columns) is missing or unusable",
+    "video_shorter_than_states": "the video lacks more than one of the frames the steps index (one: trimmed)",
+    "bad_state": "states hold NaN or inf, never change (a fill value), have a gripper outside [0, 1], or rows "
+                 "out of order (timestamps not increasing, frame indices decreasing)",
+    "episode_too_short": "fewer steps than one clip needs (clip frames x frame step, plus one)",
+    "duplicate_episode": "an episode id already converted in this build (the first one is kept)",
 }
 STAGES = ("fetch", "open", "decode", "sample")
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from core import storage
 from core.errors import UserError
-from core.ray_session import worker_env
+from core.ray_session import missing_path_hint, worker_env
 from pipelines.config import DataConfig
 from pipelines.manifest import (
     OPTIONAL_COLUMNS,
@@ -90,7 +90,7 @@ class ManifestRows:
             self.columns = set(table.column_names)
         else:
             if not storage.exists(self.uri):
-                raise ManifestError(f"{self.uri}: manifest not found")
+                raise ManifestError(f"{self.uri}: manifest not found{missing_path_hint(self.uri)}")
             # A directory of Parquet parts (e.g. the curated YT1B manifest) reads as one manifest.
             directory = storage.is_dir(self.uri)
             self.parts = storage.list_files(self.uri, ".parquet") if directory else [self.uri]

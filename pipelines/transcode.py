@@ -140,8 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-manifest", default="", help="default: <out>/manifest.parquet")
     parser.add_argument("--gop", type=int, default=16, help="keyframe interval in frames")
     parser.add_argument("--short-side", type=int, default=256, help="0 keeps the resolution")
-    parser.add_argument("--crf", type=int, default=23)
-    parser.add_argument("--preset", default="veryfast")
+    parser.add_argument("--crf", type=int, default=23, help="x264 constant rate factor (lower: better, larger)")
+    parser.add_argument("--x264-preset", dest="preset", default="veryfast",
+                        help="x264 speed/size preset (ultrafast ... veryslow); not a model preset")
     parser.add_argument("--rejects", default="", help="rejects table (.parquet) for rows that fail")
 
 

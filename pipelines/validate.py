@@ -4,6 +4,9 @@
 
 Every row goes through the training path (fetch, open, frame plan, decode, crop) with its own
 window seed; a failing row becomes a reject record (uri, source, reason, stage) in OUT.parquet.
+Every video also gets training's seek check (``data.seek_check_frames``, ``--seek-check-frames``): the
+summary counts the rows whose file seeks right, the ones read another way (listed, with how), and the
+``bad_seek`` ones (rejects).
 Prints good/bad counts per reason and exits 0 whatever the media look like; only a manifest that
 cannot be read or parsed, or breaks a row rule training enforces (a null ``uri``, a non-integer
 ``label``, a negative or non-finite ``weight``), is an error (exit 2, naming the file and line or row),
@@ -17,9 +20,10 @@ import argparse
 import logging
 import multiprocessing
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import PurePosixPath
 
@@ -34,19 +38,43 @@ log = logging.getLogger(__name__)
 
 ROWS_PER_TASK = 32
 PROGRESS_EVERY_S = 10.0
+FALLBACKS_LISTED = 20  # files read another way, named in the report (all of them are in the log)
 Row = tuple[int, str, float | None, float | None]
 
 
-def check_rows(rows: list[Row], cfg: DataConfig, kind: str, source: str) -> list[RejectRecord]:
-    """Decode one clip per row; the reject records of the rows that fail."""
-    rejects = []
+@dataclass
+class Checked:
+    """What a batch of rows (or the whole manifest) gave: reject records, and the seek check's
+    verdicts (rows per status; how each file read another way is read)."""
+
+    rejects: list[RejectRecord] = field(default_factory=list)
+    seeks: Counter[str] = field(default_factory=Counter)
+    fallbacks: dict[str, str] = field(default_factory=dict)
+
+    def add(self, other: Checked) -> None:
+        self.seeks += other.seeks
+        for uri, how in other.fallbacks.items():
+            if len(self.fallbacks) < FALLBACKS_LISTED:
+                self.fallbacks.setdefault(uri, how)
+
+
+def check_rows(rows: list[Row], cfg: DataConfig, kind: str, source: str) -> Checked:
+    """Decode one clip per row, with the seek check on; the reject records of the rows that fail, and
+    each video row's seek verdict."""
+    decode.configure_seek_check(cfg.seek_check_frames)  # this process's, as in a decode actor
+    checked = Checked()
     for row, uri, start_s, end_s in rows:
         request = ClipRequest(uri, window_seed=row, kind=kind, start_s=start_s, end_s=end_s)
         try:
             make_clip(request, cfg)
         except SampleError as err:
-            rejects.append(RejectRecord.from_error(err, uri, source, sample_id=row))
-    return rejects
+            checked.rejects.append(RejectRecord.from_error(err, uri, source, sample_id=row))
+        verdict = decode.seek_verdict(uri)
+        if verdict:
+            checked.seeks[verdict.status] += 1
+            if verdict.status == "fallback":
+                checked.fallbacks[uri] = verdict.detail
+    return checked
 
 
 def iter_rows(rows: ManifestRows) -> Iterator[list[Row]]:
@@ -62,14 +90,16 @@ def iter_rows(rows: ManifestRows) -> Iterator[list[Row]]:
 
 
 def validate(manifest: str, rejects_out: str, *, source: str = "", cfg: DataConfig | None = None,
-             kind: str = "video", workers: int = 1) -> tuple[int, Quarantine]:
-    """Validate every row of ``manifest``; returns (rows checked, quarantine with the rejects and counts)."""
+             kind: str = "video", workers: int = 1) -> tuple[int, Quarantine, Checked]:
+    """Validate every row of ``manifest``; returns (rows checked, quarantine with the rejects and counts,
+    the seek check's counts and the first files read another way)."""
     cfg = cfg or DataConfig()
     source = source or PurePosixPath(manifest).parent.name
     rows = ManifestRows(manifest)  # a ManifestError (unreadable manifest) propagates: exit 2
     rows.check()  # the row rules training applies (uri, label, weight), before any file is decoded
     write_rejects([], rejects_out)  # an unwritable --rejects (no bucket, a directory) fails now, not at the end
     quarantine = Quarantine(rejects_out, single_file=True)
+    summary = Checked()
     done, last = 0, time.perf_counter()
     # spawn, not fork: a forked child must not inherit the parent's S3 client threads
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
@@ -77,9 +107,10 @@ def validate(manifest: str, rejects_out: str, *, source: str = "", cfg: DataConf
         chunks = iter_rows(rows)
         results = (pool.map(check_rows, chunks, repeat(cfg), repeat(kind), repeat(source)) if pool
                    else (check_rows(chunk, cfg, kind, source) for chunk in chunks))
-        for records in results:
-            for record in records:
+        for checked in results:
+            for record in checked.rejects:
                 quarantine.add(record)
+            summary.add(checked)
             done = min(done + ROWS_PER_TASK, rows.num_rows)
             if time.perf_counter() - last > PROGRESS_EVERY_S:
                 last = time.perf_counter()
@@ -88,14 +119,21 @@ def validate(manifest: str, rejects_out: str, *, source: str = "", cfg: DataConf
         if pool:
             pool.shutdown()
     quarantine.flush()  # nothing bad: the empty table written above says "checked, nothing bad"
-    return rows.num_rows, quarantine
+    return rows.num_rows, quarantine, summary
 
 
-def report(manifest: str, total: int, quarantine: Quarantine, rejects_out: str) -> str:
+def report(manifest: str, total: int, quarantine: Quarantine, rejects_out: str, checked: Checked) -> str:
     bad = quarantine.total
     lines = [f"{manifest}: {total} rows, {total - bad} good, {bad} bad"]
     width = max((len(r) for r in quarantine.by_reason()), default=0)
     lines += [f"  {reason:<{width}}  {n}" for reason, n in sorted(quarantine.by_reason().items())]
+    if checked.seeks:
+        seeks = checked.seeks
+        lines.append(f"seek check (video rows): {seeks['ok']} seek ok, {seeks['fallback']} fallback (kept, read "
+                     f"sequentially or by another backend), {seeks['bad_seek']} bad_seek")
+        lines += [f"  fallback  {uri}: {how}" for uri, how in checked.fallbacks.items()]
+        if seeks["fallback"] > len(checked.fallbacks):
+            lines.append(f"  ... {seeks['fallback'] - len(checked.fallbacks)} more fallback rows (see the log)")
     lines.append(f"rejects: {rejects_out}")
     return "\n".join(lines)
 
@@ -107,24 +145,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="", help="source name for the records (default: manifest's folder)")
     parser.add_argument("--kind", choices=("video", "image"), default="video",
                         help="image: every row is an image (image suffixes always are, as in Meta's loader)")
-    parser.add_argument("--decoder", choices=decode.BACKENDS, default="decord")
-    parser.add_argument("--frames", type=int, default=clip.frames_per_clip)
-    parser.add_argument("--fps", type=float, default=clip.fps)
+    parser.add_argument("--decoder", choices=decode.BACKENDS, default="decord",
+                        help="first backend tried (the others follow if it cannot read a file)")
+    parser.add_argument("--frames", type=int, default=clip.frames_per_clip, help="frames in the test clip")
+    parser.add_argument("--fps", type=float, default=clip.fps, help="frame rate the test clip is sampled at")
     parser.add_argument("--crop", type=int, default=64, help="crop size of the test clip (small: faster)")
-    parser.add_argument("--min-frames", type=int, default=DataConfig().min_frames)
+    parser.add_argument("--min-frames", type=int, default=DataConfig().min_frames,
+                        help="videos with fewer frames are rejected as too_few_frames")
     parser.add_argument("--max-image-pixels", type=int, default=DataConfig().max_image_pixels,
                         help="larger images are rejected as too_large (0: no limit)")
+    parser.add_argument("--seek-check-frames", type=int, default=DataConfig().seek_check_frames,
+                        help="the seek check decodes at most this many frames of each video from the start (0: off)")
     parser.add_argument("--workers", type=int, default=1, help="processes decoding in parallel")
 
 
 def run(args: argparse.Namespace) -> int:
     base = DataConfig()
     cfg = replace(base, decoder=args.decoder, min_frames=args.min_frames, max_image_pixels=args.max_image_pixels,
+                  seek_check_frames=args.seek_check_frames,
                   clip=replace(base.clip, frames_per_clip=args.frames, fps=args.fps, crop_size=args.crop))
     t0 = time.perf_counter()
-    total, quarantine = validate(args.manifest, args.rejects, source=args.source, cfg=cfg,
-                                 kind=args.kind, workers=args.workers)
-    print(report(args.manifest, total, quarantine, args.rejects))
+    total, quarantine, checked = validate(args.manifest, args.rejects, source=args.source, cfg=cfg,
+                                          kind=args.kind, workers=args.workers)
+    print(report(args.manifest, total, quarantine, args.rejects, checked))
     log.info("validate-data: %d rows in %.1f s", total, time.perf_counter() - t0)
     return 0
 

@@ -85,3 +85,13 @@ def runs_root(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("VJEPA2_RAY_RUNS", str(root))
     return root
 
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """One ``ray start --head`` cluster (started by the README's step 1) for every job test."""
+    import ray_cluster
+
+    cluster = ray_cluster.start()
+    yield cluster
+    ray_cluster.stop(cluster)

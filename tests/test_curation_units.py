@@ -189,12 +189,57 @@ def test_shards_only_complete_files_count(tmp_path):
     assert shards.finished(str(tmp_path / "missing")) == {}
 
 
-def test_stage_fingerprint_refuses_a_changed_config(tmp_path):
-    stage = str(tmp_path / "embeddings")
-    shards.claim_stage(stage, {"embedder": {"kind": "efficientnet_lite0"}, "pool": "a.parquet"})
-    shards.claim_stage(stage, {"embedder": {"kind": "efficientnet_lite0"}, "pool": "a.parquet"})  # same: fine
-    with pytest.raises(UserError, match=r"different config \(changed: embedder\)"):
-        shards.claim_stage(stage, {"embedder": {"kind": "dinov2"}, "pool": "a.parquet"})
+def test_lineage_reuses_unchanged_outputs_and_names_the_changed_key(tmp_path):
+    from curation import lineage
+
+    nodes = [lineage.Node("scenes", "scenes", (str(tmp_path / "scenes"), str(tmp_path / "quarantine")),
+                          ("pool", "scenes.min_scene_s")),
+             lineage.Node("kmeans", "kmeans", (str(tmp_path / "kmeans"),), ("kmeans.seed",), ("scenes",))]
+    values = {"pool": "a.parquet", "scenes.min_scene_s": 4.0, "kmeans.seed": 0}
+    first = lineage.plan(nodes, values)
+    assert [d.status for d in first] == ["new", "new"]
+    lineage.prepare(first)
+    shards.write_shard(pa.table({"a": [1]}), shards.shard_uri(str(tmp_path / "scenes"), 0))
+    shards.write_shard(pa.table({"a": [1]}), shards.shard_uri(str(tmp_path / "kmeans"), 0))
+    assert [d.status for d in lineage.plan(nodes, values)] == ["reuse", "reuse"]
+
+    seed = lineage.plan(nodes, {**values, "kmeans.seed": 1})
+    assert [d.status for d in seed] == ["reuse", "rerun"] and seed[1].changed == ["kmeans.seed (0 -> 1)"]
+    notices = lineage.stage_notices(seed)
+    assert notices == {"scenes": "reused (inputs unchanged)", "kmeans": "re-run (changed: kmeans.seed (0 -> 1))"}
+    lineage.prepare(seed)
+    assert shards.finished(str(tmp_path / "kmeans")) == {}  # the stale codebook shard is gone
+    assert list(shards.finished(str(tmp_path / "scenes"))) == [0]  # the reused stage is untouched
+
+    # An upstream key re-runs every node downstream of it, and the notice names that key there too.
+    upstream = lineage.plan(nodes, {**values, "kmeans.seed": 1, "scenes.min_scene_s": 2.0})
+    assert [d.status for d in upstream] == ["rerun", "rerun"]
+    assert all(d.changed == ["scenes.min_scene_s (4.0 -> 2.0)"] for d in upstream)
+
+
+# ------------------------------------------------------------------------------------------- progress
+
+
+def test_progress_is_throttled_with_running_totals(caplog):
+    from curation.execution import Progress, ShardSummary
+
+    now = [0.0]
+    progress = Progress("embed", 1000, "items embedded", step=0.05, every_s=10.0, clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="curation.execution"):
+        for i in range(1000):
+            now[0] += 0.05  # 50 s for the stage: the 10 s limit, not the 5% step, sets the pace
+            progress.update(ShardSummary(i, "", rows_out=3, quarantined=i % 2))
+    lines = [r.getMessage() for r in caplog.records]
+    assert 4 <= len(lines) <= 6, lines
+    assert lines[-1].startswith("[embed] 1000/1000 shards (100%), 3000 items embedded and 500 quarantined so far")
+    assert "~0 s left" in lines[-1] and "~40 s left" in lines[0]  # the ETA follows the running rate
+    caplog.clear()
+    slow = Progress("scenes", 1000, "scenes", step=0.05, every_s=10.0, clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="curation.execution"):
+        for i in range(1000):
+            now[0] += 60.0  # a minute per shard: a line per 5% of the shards, not per shard
+            slow.update(ShardSummary(i, "", rows_out=1, quarantined=0))
+    assert len(caplog.records) == 20
 
 
 # ------------------------------------------------------------------------------------------- scenes
@@ -329,15 +374,40 @@ def test_vjepa_embedder_uses_the_target_encoder(tmp_path):
 
 
 def test_config_check_names_the_missing_key():
+    from curation.config import TargetConfig
+
     with pytest.raises(UserError, match="'pool'"):
         CurationConfig(output="x").check()
-    cfg = CurationConfig(pool="p.parquet", output="o")
-    with pytest.raises(UserError, match="targets.k710.train"):
+    with pytest.raises(UserError, match="'targets' has no dataset"):
+        CurationConfig(pool="p.parquet", output="o").check()
+    cfg = CurationConfig(pool="p.parquet", output="o", targets={"mine": TargetConfig(weight=1.0)})
+    with pytest.raises(UserError, match="targets.mine.train"):
         cfg.check()
+    cfg.targets["mine"].train = "t.parquet"
     cfg.embedder.kind = "dinov2"
-    for t in cfg.targets.values():
-        t.train = "t.parquet"
     with pytest.raises(UserError, match="needs 'embedder.weights'"):
+        cfg.check()
+    cfg.targets["yt1b"] = TargetConfig(train="t.parquet", weight=1.0)
+    with pytest.raises(UserError, match="not the pool's source name 'yt1b'"):
+        cfg.check()
+
+
+def test_targets_are_exactly_what_the_config_gives(tmp_path):
+    from core.config import load_config
+
+    own = tmp_path / "own.yaml"
+    own.write_text("pool: p.parquet\noutput: o\ntargets: {howto: {train: h.parquet, weight: 2.0}}\n")
+    cfg = load_config(CurationConfig, own)
+    cfg.check()
+    assert {n: t.weight for n, t in cfg.targets.items()} == {"howto": 2.0}  # no paper target merged in
+    # From the paper preset, a null entry leaves a dataset out; a null weight is an error naming the key.
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(f"_base_: {Path(__file__).parents[1] / 'configs/curate/targets/paper.yaml'}\n"
+                      "pool: p.parquet\noutput: o\n")
+    overrides = [f"targets.{n}.train={n}.parquet" for n in ("k710", "ssv2", "coin")]
+    cfg = load_config(CurationConfig, preset, [*overrides, "targets.ek100=null", "targets.coin.weight=null"])
+    assert list(cfg.targets) == ["k710", "ssv2", "coin"]
+    with pytest.raises(UserError, match=r"'targets.coin.weight' must be > 0 \(got None\); .*'targets.coin: null'"):
         cfg.check()
 
 

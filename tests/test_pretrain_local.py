@@ -1,22 +1,37 @@
 """The pretraining loop in Ray Train's local mode (trainer.num_workers=0: the loop runs in this process,
 fed by the same Ray Data pipeline): CLI contract, MLflow contents, exact resume, architecture checks,
-the cooldown as a child run."""
+the cooldown as a child run; the run folder shaped like Meta's (``latest.pt``, ``params-pretrain.yaml``,
+``log_r0.csv``) and MLflow as its users expect (experiment kind, ``config.yaml``, manifests as input
+datasets with digests, the export as a registrable pyfunc model that embeds clips)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
-from pretrain_utils import PLANTED_ENV, TINY, files_holding, ray_session_dir, world_config, world_overrides
+from pretrain_utils import (
+    PLANTED_ENV,
+    SOURCES,
+    TINY,
+    files_holding,
+    ray_session_dir,
+    world_config,
+    world_overrides,
+)
 
 from core.entry import module_main
-from core.tracking import find_runs, local_store_uri
+from core.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, find_runs, local_store_uri, manifest_digest
 from models.checkpoint import CheckpointError, checkpoint_kind, load_encoder, load_meta_checkpoint
+from pipelines.transforms import eval_preprocess
 from train.pretrain import CHECKPOINTS, pretrain
 from train.schedules import LinearDecay, WarmupConstant
 from train.state import IncompatibleCheckpoint, read_record
@@ -100,20 +115,39 @@ def test_mlflow_run_has_config_recipe_metrics_and_checkpoint_locations(main_run)
     assert all(0 <= v <= 1 for v in _history(uri, run.info.run_id, "data_wait_frac").values())
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "checkpoint")}
     assert artifacts == {"checkpoint/locations.json", "checkpoint/train_state.json"}
+    assert not any(key.startswith("summary") for key in run.data.metrics)  # no one-point charts
+    assert float(run.data.tags["summary.steps_measured"]) >= 1
     listed = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "checkpoints")}
     assert listed == {"checkpoints/step_00000002.txt", "checkpoints/step_00000003.txt"}
     record = read_record(str(main_run["out"] / CHECKPOINTS / "step_00000003"))
     assert record["mlflow_run_id"] == run.info.run_id and record["config"]["optim"]["lr"] == 1e-3
 
 
-def test_local_resume_continues_the_loss_curve(main_run, sample_world, runs_root, tmp_path):
+def test_local_resume_continues_the_loss_curve(main_run, sample_world, runs_root, tmp_path, monkeypatch):
+    """A resume with a longer run (optim.total_steps 2 -> 3) from another git revision: the same losses,
+    the change recorded beside the logged params, the original revision kept, no step logged twice."""
     reference = _history(main_run["uri"], main_run["run"].info.run_id, "loss")
     out = tmp_path / "resumed"
-    first = pretrain(world_config(sample_world, out, "trainer.num_workers=0", f"optim.total_steps={STEPS}",
+    monkeypatch.setenv("VJEPA2_RAY_GIT_REVISION", "first-rev")
+    first = pretrain(world_config(sample_world, out, "trainer.num_workers=0", "optim.total_steps=2",
                                   "trainer.stop_after=1", "trainer.checkpoint_every=1"))
+    with (out / "log_r0.csv").open("a") as f:  # step 2 done but never checkpointed: it is done again
+        f.write("2,9.99\n")
+    monkeypatch.setenv("VJEPA2_RAY_GIT_REVISION", "second-rev")
     second = pretrain(world_config(sample_world, out, "trainer.num_workers=0", f"optim.total_steps={STEPS}"))
     assert first.worker["final_step"] == 1 and second.worker["start_step"] == 1
     assert {**first.worker["losses"], **second.worker["losses"]} == pytest.approx(reference, abs=1e-5)
+    (run,) = find_runs(local_store_uri(runs_root), "vjepa2-ray")
+    assert run.data.params["optim.total_steps"] == "2" and run.data.params["resumed.1.optim.total_steps"] == "3"
+    assert "resumed.1.optim.lr" not in run.data.params  # only what changed
+    assert run.data.tags["vjepa2.git_revision"] == "first-rev"
+    assert run.data.tags["vjepa2.git_revision.resume_1"] == "second-rev"
+    resumed = MlflowClient(local_store_uri(runs_root)).download_artifacts(run.info.run_id, "resumed/1/config.yaml",
+                                                                          str(tmp_path))
+    assert "total_steps: 3" in Path(resumed).read_text()
+    rows = list(csv.DictReader((out / "log_r0.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert [float(r["loss"]) for r in rows] == pytest.approx([reference[s] for s in (1, 2, 3)], rel=1e-5)
 
 
 def test_incompatible_architecture_is_refused(main_run, sample_world, runs_root):
@@ -155,3 +189,49 @@ def test_cooldown_is_a_child_run_with_its_own_schedule(main_run, sample_world, t
     for key, value in before.items():
         torch.testing.assert_close(after[key], value, msg=key)
     assert json.loads(Path(sharded.checkpoint, "train_state.json").read_text())["lineage"] == main_id
+
+
+def test_run_folder_holds_latest_params_and_step_log(main_run):
+    out = main_run["out"]
+    export = out / f"pretrain-tiny-step_{STEPS:08d}.pt"
+    latest = out / "latest.pt"
+    assert latest.resolve() == export.resolve()
+    data = torch.load(latest, map_location="cpu", weights_only=True)  # weights only: no optimizer state
+    assert {"encoder", "predictor", "target_encoder"} <= set(data) and "opt" not in data
+    params = yaml.safe_load((out / "params-pretrain.yaml").read_text())
+    assert params["optim"]["total_steps"] == STEPS and params["run"]["output_dir"] == str(out)
+    rows = list(csv.DictReader((out / "log_r0.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    assert {"loss", "lr", "wd", "step_ms", "data_wait_ms", "samples_seen"} <= set(rows[0])
+    assert all(float(r["step_ms"]) > 0 for r in rows)
+
+
+def test_mlflow_run_has_kind_config_inputs_and_nothing_secret(main_run, tmp_path):
+    client, run = MlflowClient(main_run["uri"]), main_run["run"]
+    assert client.get_experiment(run.info.experiment_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    config = yaml.safe_load(open(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))))
+    assert config["optim"]["total_steps"] == STEPS
+    inputs = {i.dataset.name: i for i in client.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert sorted(inputs) == sorted(SOURCES)
+    manifest = config["data"]["sources"]["kinetics"]["manifest"]
+    assert inputs["kinetics"].dataset.digest == manifest_digest(manifest)
+    assert {t.key: t.value for t in inputs["kinetics"].tags}["mlflow.data.context"] == "training"
+
+
+def test_export_is_a_registrable_pyfunc_model_that_embeds_clips(main_run):
+    mlflow.set_tracking_uri(main_run["uri"])
+    model_uri = main_run["run"].data.tags["vjepa2.model"]
+    model = mlflow.pyfunc.load_model(model_uri)
+    clips = np.random.default_rng(0).integers(0, 256, (2, 4, 72, 80, 3), dtype=np.uint8)
+    features = model.predict(clips)
+    encoder, cfg = load_encoder(main_run["out"] / "latest.pt", key="target_encoder")
+    with torch.no_grad():
+        expected = encoder(torch.stack([eval_preprocess(c, cfg.encoder.img_size) for c in clips])).mean(1)
+    assert features.shape == (2, cfg.encoder.embed_dim)
+    np.testing.assert_allclose(features, expected.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="uint8|shape|dtype"):
+        model.predict(clips[..., :2].astype(np.float32))
+    version = mlflow.register_model(model_uri, "vjepa2-tiny")
+    assert version.run_id == main_run["run"].info.run_id
+    registered = mlflow.pyfunc.load_model(f"models:/vjepa2-tiny/{version.version}")
+    np.testing.assert_array_equal(registered.predict(clips), features)

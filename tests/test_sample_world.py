@@ -212,3 +212,17 @@ def test_cli_rebuild_gives_the_same_bytes(sample_world: Path, tmp_path: Path) ->
 
 def test_seed_changes_the_world() -> None:
     assert plan_world(0) != plan_world(1)
+
+
+def test_an_identical_world_is_not_rebuilt(sample_world: Path, world: dict, tmp_path: Path) -> None:
+    """``sample-world`` on a complete world of the same plan, seed and library versions returns at once
+    and touches no file; a world with a file missing is not taken as up to date."""
+    from pipelines.sample_world.build import build_sample_world, existing_world
+
+    before = {p: p.stat().st_mtime_ns for p in sample_world.rglob("*") if p.is_file()}
+    assert build_sample_world(sample_world, seed=0) == world
+    assert {p: p.stat().st_mtime_ns for p in sample_world.rglob("*") if p.is_file()} == before
+    assert existing_world(sample_world, seed=1, digest=world["plan_digest"]) is None  # another seed
+    broken = {**world, "content": {**world["content"], str(tmp_path / "gone.mp4"): []}}
+    (tmp_path / "world.json").write_text(json.dumps(broken))
+    assert existing_world(tmp_path, seed=0, digest=world["plan_digest"]) is None

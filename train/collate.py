@@ -46,4 +46,5 @@ class Collator:
 
 
 def _tensor(value: Any) -> torch.Tensor:
-    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+    """Ray hands batches over as read-only arrays; torch needs writable memory (copied only if not)."""
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.require(value, requirements="W"))

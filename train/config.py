@@ -92,6 +92,9 @@ class RunSection:
 
 @dataclass
 class PretrainConfig:
+    # Relative input paths (manifests, run.init_checkpoint) resolve against this: "" -> $VJEPA2_RAY_DATA_ROOT,
+    # else the working directory (core/storage.py data_root). Absolute or s3://.
+    data_root: str = ""
     run: RunSection = field(default_factory=RunSection)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

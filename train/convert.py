@@ -1,7 +1,9 @@
 """Convert a checkpoint between Meta's layout (.pt) and the Hugging Face VJEPA2 layout (directory).
 
 IN is a Meta-layout file (Meta's releases, Meta training checkpoints, this project's files) or a HF
-directory (config.json + model.safetensors). Model tensors are copied bit-exactly. Examples:
+directory (config.json + model.safetensors). Model tensors are copied bit-exactly. A HF export also gets
+the video processor config (AutoVideoProcessor loads it) and a model card (README.md) naming the source and
+what the source records of its training. Examples:
 
     vjepa2-ray convert vitl.pt hf/vitl --to hf            # Meta -> HF (encoder from --key)
     vjepa2-ray convert hf/vitl vitl-meta.pt --to meta      # HF -> Meta (encoder + predictor)
@@ -17,8 +19,6 @@ import argparse
 import logging
 
 from core.entry import module_main
-from models.checkpoint import load_meta_checkpoint, resolve_model_cfg, save_meta_checkpoint
-from models.hf import is_hf_dir, load_hf, save_hf
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def convert(src: str, dst: str, to: str, preset: str | None = None, key: str = "encoder",
             drop_extras: bool = False) -> str:
     """Convert ``src`` to ``dst``; returns a one-line description of what was written."""
+    # imported here, not at the top: `vjepa2-ray convert --help` must not pay for torch
+    from models.checkpoint import load_meta_checkpoint, resolve_model_cfg, save_meta_checkpoint
+    from models.hf import is_hf_dir, load_hf, save_hf, training_provenance
+
     if is_hf_dir(src):
         cfg, encoder, predictor = load_hf(src)
         if to == "hf":
-            save_hf(dst, encoder, predictor, cfg)
+            save_hf(dst, encoder, predictor, cfg, source=src)
         else:
             save_meta_checkpoint(dst, encoder, predictor, model_cfg=cfg)
         return f"HF {src} -> {to} {dst} (preset {cfg.preset})"
     ckpt = load_meta_checkpoint(src)
     cfg = resolve_model_cfg(ckpt, preset)
     if to == "hf":
-        save_hf(dst, ckpt.state(key), ckpt.state("predictor"), cfg)
+        save_hf(dst, ckpt.state(key), ckpt.state("predictor"), cfg, source=f"{src} [{key}]",
+                training=training_provenance(ckpt.extras))
         return f"Meta {src} [{key}] -> HF {dst} (preset {cfg.preset})"
     if drop_extras and ckpt.extras:
         log.info("dropping non-model keys %s", sorted(ckpt.extras))

@@ -11,11 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
-
 from core.entry import module_main
-from models.build import build_model, load_model_preset, num_params
-from models.checkpoint import save_meta_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def init_checkpoint(preset: str, seed: int, out: str) -> dict[str, int]:
     """Build, initialise and save; returns the parameter counts."""
+    # imported here, not at the top: `vjepa2-ray init-checkpoint --help` must not pay for torch
+    import torch
+
+    from models.build import build_model, load_model_preset, num_params
+    from models.checkpoint import save_meta_checkpoint
+
     cfg = load_model_preset(preset)
     torch.manual_seed(seed)
     encoder, predictor = build_model(cfg)

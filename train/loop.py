@@ -15,6 +15,7 @@ checkpoint's global sample index, so a restarted run neither repeats nor skips s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from pyarrow import fs as pafs
 
 from core import storage
+from core.ray_logs import quiet_data_context
 from core.redact import setup_logging
 from models.checkpoint import checkpoint_kind
 from train.health import StepTiming, Throughput, TimedIterator
@@ -42,6 +44,7 @@ from train.state import (
     read_record,
     save_checkpoint,
 )
+from train.step_log import StepLog
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,7 @@ class TrainData:
         # one spare global batch: a sample that exhausts its redraws is dropped (and recorded)
         stop = start + (self.recipe.stop_step() - step + 1) * self.global_batch
         log.info("data stream: samples %d..%d (resuming at step %d)", start, stop, step)
+        quiet_data_context()  # this runs in Ray Train's controller, whose Ray Data would draw progress bars
         return self.recipe.train_dataset(start, stop)
 
 
@@ -93,6 +97,7 @@ class ValData:
     recipe: Recipe
 
     def __call__(self) -> Any:
+        quiet_data_context()
         return self.recipe.val_dataset()
 
 
@@ -249,7 +254,9 @@ class Worker:
         checkpoints: list[str] = []
         batches = self.batches()
         run_began = time.perf_counter()
-        with attach_run(recipe.tracking, self.job.mlflow_run_id, self.rank == 0) as run:
+        step_log = StepLog(recipe.run.output_dir, self.rank, start_step)
+        with attach_run(recipe.tracking, self.job.mlflow_run_id, self.rank == 0) as run, \
+                contextlib.closing(step_log):
             run.set_tags({"vjepa2.world_size": self.world, "vjepa2.resumed_from_step": start_step})
             for step in range(start_step, stop):
                 began, waited = time.perf_counter(), batches.wait_s
@@ -265,6 +272,9 @@ class Worker:
                 losses[self.state.step] = out.loss
                 metrics = {"loss": out.loss, **out.metrics, "samples_seen": self.state.samples_seen,
                            **throughput.record(timing)}
+                step_log.write({"step": self.state.step, "loss": out.loss, **out.metrics,
+                                "samples_seen": self.state.samples_seen, "step_ms": 1000 * timing.seconds,
+                                "data_wait_ms": 1000 * timing.data_wait_s})
                 last = self.state.step == stop
                 if self.state.step % trainer.log_every == 0 or last:
                     run.log_metrics(metrics, step=self.state.step)
@@ -277,12 +287,13 @@ class Worker:
                     log.info("step %d/%d val_loss %.4f (%d clips, %.1f s)", self.state.step, stop, val["val_loss"],
                              val["val_clips"], val["val_seconds"])
                 if self.state.step % trainer.checkpoint_every == 0 or last:
+                    step_log.sync()
                     checkpoints.append(self.checkpoint(out.loss, val))
                     run.log_text(checkpoints[-1], f"checkpoints/{checkpoint_dir_name(self.state.step)}.txt")
                 elif val:  # intermediate results for schedulers (Tune's ASHA stops on val_loss)
                     ray.train.report({"step": self.state.step, "loss": out.loss, **val})
             summary = throughput.summary()
-            run.log_metrics({f"summary/{k}": v for k, v in summary.items()})
+            run.log_summary(summary)
         return {"start_step": start_step, "final_step": self.state.step, "losses": losses, "val_losses": val_losses,
                 "checkpoints": checkpoints, "throughput": summary, "world_size": self.world,
                 "grad_accum": plan.grad_accum, **recipe.summary()}

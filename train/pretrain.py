@@ -10,12 +10,14 @@ and is recorded as a child of the main phase's MLflow run. One YAML describes a 
 Checkpoints go to ``<output_dir>/checkpoints/step_<N>/`` (DCP shards + train_state.json, the newest
 ``trainer.num_to_keep`` kept); rerunning the same command resumes from the newest one. At the end the
 newest checkpoint is exported in Meta's layout to ``<output_dir>/<run.name>-step_<N>.pt`` (loadable by
-``vjepa2-ray embed`` and Meta's loaders) and that path is printed last, so scripts can chain on it.
+``vjepa2-ray embed`` and Meta's loaders), ``latest.pt`` points at it, and that path is printed last, so
+scripts can chain on it. The run folder also holds the resolved config (``params-pretrain.yaml``) and
+each rank's step log (``log_r<rank>.csv``), as Meta's runs do; MLflow gets the export as a pyfunc model
+(``train/mlflow_model.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -24,12 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from core import storage
-from core.config import load_config
-from core.entry import module_main
+from core.entry import ConfigStage, module_main
 from core.errors import UserError
-from core.ray_session import connect
-from core.redact import setup_logging
-from core.tracking import resolve_uri, runs_root, start_run
+from core.ray_session import connect, warn_if_lost
+from core.tracking import Run, config_yaml, resolve_uri, runs_root, start_run
 from models.checkpoint import checkpoint_kind, load_meta_checkpoint
 from pipelines.dataset import train_data_config
 from pipelines.sources import check_data
@@ -43,11 +43,17 @@ from train.state import (
     check_compatible,
     export_meta,
     latest_checkpoint,
+    link_latest,
+    package_versions,
     provenance,
     read_record,
 )
 
 log = logging.getLogger(__name__)
+
+PARAMS_FILE = "params-pretrain.yaml"  # the resolved config in the run folder, Meta's name for it
+LATEST = "latest.pt"
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc model-from-code file
 
 
 @dataclass
@@ -66,15 +72,19 @@ def _absolute(path: str) -> str:
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
-    """Everything a worker on another node needs, made explicit: absolute paths, the tracking URI; and a
-    decode block size that keeps the data position exact (:func:`aligned_decode_batch`)."""
+    """Everything a worker on another node needs, made explicit: inputs under the data root, absolute
+    output paths, the tracking URI; and a decode block size that keeps the data position exact
+    (:func:`aligned_decode_batch`)."""
+    root = storage.data_root(cfg.data_root)
     output_dir = _absolute(cfg.run.output_dir) or str(runs_root() / cfg.run.name)
-    sources = {name: replace(src, manifest=_absolute(src.manifest)) for name, src in cfg.data.sources.items()}
+    warn_if_lost(output_dir, "run.output_dir (checkpoints, exports)")
+    sources = {name: replace(src, manifest=storage.data_path(src.manifest, root))
+               for name, src in cfg.data.sources.items()}
     data = replace(cfg.data, sources=sources, decode_batch_size=aligned_decode_batch(cfg),
                    rejects_dir=_absolute(cfg.data.rejects_dir) or storage.join(output_dir, "rejects"))
     tracking = replace(cfg.tracking, tracking_uri=resolve_uri(cfg.tracking) if cfg.tracking.enabled else "")
-    run = replace(cfg.run, output_dir=output_dir, init_checkpoint=_absolute(cfg.run.init_checkpoint))
-    return replace(cfg, run=run, data=data, tracking=tracking)
+    run = replace(cfg.run, output_dir=output_dir, init_checkpoint=storage.data_path(cfg.run.init_checkpoint, root))
+    return replace(cfg, data_root=root, run=run, data=data, tracking=tracking)
 
 
 def aligned_decode_batch(cfg: PretrainConfig) -> int:
@@ -102,19 +112,23 @@ def init_record(init: str) -> dict[str, Any]:
 
 def lineage_tags(cfg: PretrainConfig, source: dict[str, Any],
                  resuming: bool = False) -> tuple[PretrainConfig, dict[str, str]]:
-    """MLflow tags tying phases together (docs/reference.md R-vjepa2-4.2): a cooldown is a child run of the phase whose
-    checkpoint it starts from and shares its lineage; ``source`` is that checkpoint's record (or, when
-    ``resuming``, the record of this run's own latest checkpoint, which carries the lineage forward)."""
+    """MLflow tags tying phases together (docs/reference.md R-vjepa2-4.2): a cooldown is a child run of the
+    phase whose checkpoint it starts from and shares its lineage; ``source`` is that checkpoint's record
+    (or, when ``resuming``, the record of this run's own latest checkpoint, which carries the lineage
+    forward). An explicit ``tracking.parent_run`` (a pipeline's run) is the parent instead; the run that
+    wrote the checkpoint is then still named, by ``vjepa2.init_run``."""
     tags = {"vjepa2.phase": "cooldown" if cfg.run.init_checkpoint else "main", "vjepa2.run_name": cfg.run.name}
     if cfg.run.init_checkpoint:
         tags["vjepa2.init_checkpoint"] = cfg.run.init_checkpoint
     if resuming:
         tags["vjepa2.lineage"] = source.get("lineage", "")
         return cfg, tags
-    parent_id = cfg.tracking.parent_run_id or source.get("mlflow_run_id", "")
-    if parent_id:
-        tags["vjepa2.lineage"] = source.get("lineage") or parent_id
-        cfg = replace(cfg, tracking=replace(cfg.tracking, parent_run_id=parent_id))
+    init_run = source.get("mlflow_run_id", "")
+    if init_run:
+        tags["vjepa2.init_run"] = init_run
+        tags["vjepa2.lineage"] = source.get("lineage") or init_run
+    if not cfg.tracking.parent_run and init_run:
+        cfg = replace(cfg, tracking=replace(cfg.tracking, parent_run=init_run))
     return cfg, tags
 
 
@@ -142,19 +156,40 @@ def starting_point(cfg: PretrainConfig, run_uri: str, own_dataset: bool) -> tupl
 
 
 def open_tracking(cfg: PretrainConfig, resumed: dict[str, Any], source: dict[str, Any], record: dict[str, Any],
-                  global_batch: int) -> tuple[PretrainConfig, str, str]:
-    """Create the run's MLflow run (params, lineage tags) or, when resuming, re-open it so the loss curve
-    continues the interrupted one. Returns the config (parent run id filled in), run id and lineage."""
+                  global_batch: int, log_inputs: bool = True) -> tuple[PretrainConfig, str, str]:
+    """Create the run's MLflow run (params and ``config.yaml``, lineage tags) or, when resuming, re-open it
+    so the loss curve continues the interrupted one, recording what the resume changed
+    (:meth:`core.tracking.Run.log_resumed_config`) and its git revision beside the original's. With
+    ``log_inputs``, every source manifest goes in as an input dataset. Returns the config (parent run
+    filled in), run id and lineage."""
     cfg, tags = lineage_tags(cfg, source, resuming=bool(resumed))
     run_id = resumed.get("mlflow_run_id", "")
-    opened = attach_run(cfg.tracking, run_id) if run_id else start_run(
-        cfg.tracking, cfg, tags, run_name=cfg.tracking.run_name or cfg.run.name)
+    opened = attach_run(cfg.tracking, run_id, system_metrics=False) if run_id else start_run(
+        cfg.tracking, cfg, tags, run_name=cfg.tracking.run_name or cfg.run.name, system_metrics=False)
     with opened as run:
         run_id = run.run_id or ""
         lineage = tags.get("vjepa2.lineage") or run_id
-        run.set_tags({"vjepa2.lineage": lineage, "vjepa2.git_revision": record["git_revision"],
-                      "vjepa2.output_dir": cfg.run.output_dir, "vjepa2.global_batch": global_batch})
+        revision = {"vjepa2.git_revision": record["git_revision"]}
+        if run_id and resumed:
+            revision = {f"vjepa2.git_revision.resume_{run.log_resumed_config(cfg)}": record["git_revision"]}
+        run.set_tags({"vjepa2.lineage": lineage, **revision, "vjepa2.output_dir": cfg.run.output_dir,
+                      "vjepa2.global_batch": global_batch})
+        if log_inputs:
+            for name, src in cfg.data.sources.items():
+                if src.manifest and src.weight > 0:
+                    run.log_input_manifest(src.manifest, name, "training", {"weight": src.weight, "kind": src.kind})
     return cfg, run_id, lineage
+
+
+def log_export(run: Run, cfg: PretrainConfig, export_path: str) -> str:
+    """The export as a pyfunc model (``train/mlflow_model.py``): uint8 clips ``[B, T, H, W, 3]`` in,
+    float32 features ``[B, embed_dim]`` out; registered as ``tracking.registered_model`` if set."""
+    versions = package_versions()
+    requirements = [f"{name}=={versions[name]}" for name in ("vjepa2-ray", "torch", "numpy")
+                    if versions[name] != "not installed"]
+    signature = (("uint8", (-1, -1, -1, -1, 3)), ("float32", (-1, cfg.model.encoder.embed_dim)))
+    return run.log_pyfunc_model(MODEL_CODE, export_path, "model", signature, requirements,
+                                cfg.tracking.registered_model)
 
 
 def check_before_ray(cfg: PretrainConfig, own_dataset: bool) -> None:
@@ -181,7 +216,9 @@ def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
     plan = plan_batch(cfg.optim, cfg.trainer)
     record = provenance(cfg)
     connect(cfg.ray, cpus_needed(cfg))
-    cfg, run_id, lineage = open_tracking(cfg, resumed, source, record, plan.global_batch)
+    cfg, run_id, lineage = open_tracking(cfg, resumed, source, record, plan.global_batch,
+                                         log_inputs=dataset is None)
+    storage.write_bytes(storage.join(cfg.run.output_dir, PARAMS_FILE), config_yaml(cfg).encode())
     recipe = PretrainRecipe(cfg)
     log.info("pretraining %s: %d workers x %d clips x %d accumulation = global batch %d, steps to %d, output %s",
              cfg.run.name, max(1, cfg.trainer.num_workers), plan.batch_per_worker, plan.grad_accum,
@@ -193,27 +230,32 @@ def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
         raise UserError(f"run finished without a checkpoint in {run_uri}")
     out = storage.join(cfg.run.output_dir, f"{cfg.run.name}-{Path(checkpoint).name}.pt")
     export_path = export_checkpoint(checkpoint, lambda local: export_meta(local, out))
-    with attach_run(cfg.tracking, run_id) as run:
+    latest = link_latest(export_path, storage.join(cfg.run.output_dir, LATEST))
+    with attach_run(cfg.tracking, run_id, system_metrics=False) as run:
         run.log_text(json.dumps(read_record(checkpoint), indent=1, default=str), "checkpoint/train_state.json")
-        run.log_text(json.dumps({"checkpoint": checkpoint, "export": export_path}, indent=1),
+        run.log_text(json.dumps({"checkpoint": checkpoint, "export": export_path, "latest": latest}, indent=1),
                      "checkpoint/locations.json")
-        run.set_tags({"vjepa2.checkpoint": checkpoint, "vjepa2.export": export_path})
+        run.set_tags({"vjepa2.checkpoint": checkpoint, "vjepa2.export": export_path,
+                      "vjepa2.model": log_export(run, cfg, export_path)})
     return PretrainResult(export_path, checkpoint, cfg.run.output_dir, run_id, result.return_value or {})
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="run config, e.g. configs/pretrain/tiny.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides, e.g. trainer.num_workers=2 run.output_dir=runs/x")
+def dry_run(cfg: PretrainConfig) -> None:
+    """Everything :func:`pretrain` refuses before it starts Ray or opens a tracking run: data, storage,
+    the checkpoint it would resume or start from, the batch plan."""
+    check_before_ray(cfg, own_dataset=False)
+    starting_point(cfg, storage.join(cfg.run.output_dir, CHECKPOINTS), own_dataset=False)
+    plan_batch(cfg.optim, cfg.trainer)
 
 
-def run(args: argparse.Namespace) -> int:
-    setup_logging()
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+def execute(cfg: PretrainConfig) -> int:
     result = pretrain(cfg)
     print(f"MLflow run {result.mlflow_run_id}; checkpoint {result.checkpoint}")
     print(result.export_path)
     return 0
+
+
+STAGE = ConfigStage(PretrainConfig, check=dry_run, execute=execute, resolve=resolve)
 
 
 if __name__ == "__main__":

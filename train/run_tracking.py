@@ -18,14 +18,18 @@ MLFLOW_RUN_ID_ENV = "MLFLOW_RUN_ID"
 
 
 @contextmanager
-def attach_run(cfg: TrackingConfig, run_id: str, enabled: bool = True) -> Iterator[Run]:
-    """Re-open run ``run_id``; a no-op :class:`Run` when disabled, on non-zero ranks, or without an id."""
+def attach_run(cfg: TrackingConfig, run_id: str, enabled: bool = True,
+               system_metrics: bool | None = None) -> Iterator[Run]:
+    """Re-open run ``run_id``; a no-op :class:`Run` when disabled, on non-zero ranks, or without an id.
+
+    ``system_metrics``: as in :func:`core.tracking.start_run` (default ``tracking.system_metrics``); the
+    driver's short re-openings turn it off, the training loop's long one keeps the config's choice."""
     if not (enabled and cfg.enabled and run_id):
         yield Run(None, None)
         return
     os.environ[MLFLOW_RUN_ID_ENV] = run_id
     try:
-        with start_run(cfg) as run:
+        with start_run(cfg, system_metrics=system_metrics) as run:
             yield run
     finally:
         os.environ.pop(MLFLOW_RUN_ID_ENV, None)

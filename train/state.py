@@ -200,6 +200,23 @@ def export_meta(path: str | Path, out: str, model_cfg: ModelConfig | None = None
     return out
 
 
+def link_latest(export: str, latest: str) -> str:
+    """Point ``latest`` (Meta's ``latest.pt``, weights only here) at the newest export: a relative
+    symlink in a local run folder (replaced atomically, no second copy of the weights), a server-side
+    copy on S3, which has no links. Returns ``latest``."""
+    if storage.is_s3(latest):
+        with storage.storage_errors(latest, "copy the export to"):
+            fs, src = storage.filesystem_for(export)
+            fs.copy_file(src, storage.filesystem_for(latest)[1])
+        return latest
+    target = Path(latest)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(Path(export).resolve(), target.parent.resolve()))
+    os.replace(tmp, target)
+    return latest
+
+
 def ray_checkpoint(run_uri: str) -> str | None:
     """The checkpoint Ray Train registered last in run directory ``run_uri`` (the one it hands restarted
     workers), through Ray's public ``Result.from_path``; None when Ray has no record of the run there.

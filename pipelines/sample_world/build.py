@@ -18,6 +18,7 @@ manifests do not. Same seed and library versions give the same bytes. See docs/s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import platform
@@ -212,12 +213,33 @@ def prepare_out(out: Path) -> None:
     (out / MARKER).write_text("written by vjepa2-ray sample-world; safe to delete and rebuild\n")
 
 
-def build_sample_world(out: Path, seed: int = 0) -> dict:
-    """Build the world into ``out`` and return its ``world.json`` content."""
+def plan_digest(specs: list[Spec], duplicates: list[Duplicate]) -> str:
+    """A fingerprint of what a build would write (every spec's parameters), stored in ``world.json``."""
+    return hashlib.sha256(repr((specs, duplicates)).encode()).hexdigest()[:16]
+
+
+def existing_world(out: Path, seed: int, digest: str) -> dict | None:
+    """The ``world.json`` of an identical world already in ``out`` (same plan, seed and library
+    versions, every file present), else None: rebuilding it would write the same bytes."""
+    try:
+        world = json.loads((out / WORLD_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    same = (world.get("plan_digest"), world.get("seed"), world.get("versions")) == (digest, seed, versions())
+    return world if same and all(Path(uri).is_file() for uri in world.get("content", {})) else None
+
+
+def build_sample_world(out: Path, seed: int = 0, force: bool = False) -> dict:
+    """Build the world into ``out`` (unless an identical one is there and not ``force``); return its
+    ``world.json`` content."""
     out = Path(out).expanduser().resolve()
     started = time.perf_counter()
-    prepare_out(out)
     specs, duplicates = plan_world(seed)
+    digest = plan_digest(specs, duplicates)
+    if not force and (world := existing_world(out, seed, digest)) is not None:
+        log.info("sample world in %s is up to date (seed %d); nothing to build (--force rebuilds)", out, seed)
+        return world
+    prepare_out(out)
     built: list[Built] = []
     content_of: dict[str, list[str]] = {}
     for folder in dict.fromkeys(manifest_folder(s.folder) for s in specs):
@@ -228,7 +250,7 @@ def build_sample_world(out: Path, seed: int = 0) -> dict:
             content_of[spec.relpath] = item.content
             built.append(item)
         log.info("%-22s %3d files  %.1f s", folder, len(todo), time.perf_counter() - folder_started)
-    world = ground_truth(out, seed, built, duplicates, write_manifests(out, built))
+    world = {**ground_truth(out, seed, built, duplicates, write_manifests(out, built)), "plan_digest": digest}
     (out / WORLD_JSON).write_text(json.dumps(world, indent=1, sort_keys=True) + "\n")
     size_mb = sum(b.info.bytes for b in built) / 1e6
     log.info("sample world: %d files, %.1f MB in %s (%.1f s)", len(built), size_mb, out,
@@ -240,13 +262,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path,
                         help="directory to build into (created; an earlier sample world there is replaced)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same bytes)")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild even when an identical world (same plan, seed, library versions) is there")
 
 
 def run(args: argparse.Namespace) -> int:
     from core.redact import setup_logging
 
     setup_logging()
-    build_sample_world(args.out, args.seed)
+    build_sample_world(args.out, args.seed, force=args.force)
     return 0
 
 
