@@ -19,12 +19,14 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from configs import CONFIG_ROOT
 from core.errors import UserError
 
 T = TypeVar("T")
 
 BASE_KEY = "_base_"
+# The presets package (configs/) is installed beside core/; found by location, not imported, so the
+# ground's config loader depends on no other package.
+PRESET_ROOT = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(UserError, ValueError):
@@ -205,10 +207,10 @@ def find_config(spec: str | Path) -> Path:
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    preset = CONFIG_ROOT / (str(spec).removesuffix(".yaml") + ".yaml")
+    preset = PRESET_ROOT / (str(spec).removesuffix(".yaml") + ".yaml")
     if preset.is_file():
         return preset
-    raise ConfigError(f"{spec}: no such config file, and no preset of that name in {CONFIG_ROOT} "
+    raise ConfigError(f"{spec}: no such config file, and no preset of that name in {PRESET_ROOT} "
                       "(`vjepa2-ray presets` lists them)")
 
 

@@ -61,16 +61,23 @@ class FetchedBytes(io.BytesIO):
         self.uri = uri
 
 
+def s3_object(uri: str) -> tuple[pafs.FileSystem, str, pafs.FileInfo]:
+    """Filesystem, path and info of the ``s3://`` object ``uri``; a missing object or a storage failure is
+    a :class:`SampleError` (the sample is quarantined, the run goes on)."""
+    fs, path = storage.filesystem_for(uri)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise SampleError("io_error", "fetch", str(exc)) from exc
+    if info.type == pafs.FileType.NotFound:
+        raise SampleError("missing", "fetch", uri)
+    return fs, path, info
+
+
 def fetch(uri: str, max_bytes: int = 0) -> Media:
     """A local path stays a path (the decoder reads it); an ``s3://`` object is fetched with one GET."""
     if storage.is_s3(uri):
-        fs, path = storage.filesystem_for(uri)
-        try:
-            info = fs.get_file_info(path)
-        except OSError as exc:
-            raise SampleError("io_error", "fetch", str(exc)) from exc
-        if info.type == pafs.FileType.NotFound:
-            raise SampleError("missing", "fetch", uri)
+        fs, path, info = s3_object(uri)
         _check_size(info.size, max_bytes)
         try:
             with fs.open_input_stream(path) as stream:

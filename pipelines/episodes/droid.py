@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 
 from core import storage
 from core.errors import UserError
+from pipelines.decode import s3_object
 from pipelines.episodes.convert import Candidate, Loader
 from pipelines.episodes.schema import EpisodeInfo, EpisodeSteps, safe_id
 from pipelines.quarantine import SampleError
@@ -124,13 +125,7 @@ def local_h5(uri: str, cache_dir: str) -> tuple[str, int]:
         if not os.path.exists(uri):
             raise SampleError("missing", "fetch", uri)
         return uri, 0
-    fs, path = storage.filesystem_for(uri)
-    try:
-        info = fs.get_file_info(path)
-    except OSError as exc:
-        raise SampleError("io_error", "fetch", str(exc)) from exc
-    if info.type == pafs.FileType.NotFound:
-        raise SampleError("missing", "fetch", uri)
+    fs, path, info = s3_object(uri)
     cached = Path(cache_dir).expanduser() / f"{hashlib.sha256(uri.encode()).hexdigest()[:24]}.h5"
     if cached.exists() and cached.stat().st_size == info.size:
         return str(cached), 0

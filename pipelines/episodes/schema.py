@@ -203,15 +203,20 @@ def check_steps_table(table: pa.Table, where: str, num_steps: int | None = None)
     return pa.table(columns)
 
 
+def _read_table(uri: str, what: str, missing: str) -> pa.Table:
+    """A Parquet file of the dataset; a missing or unreadable one is one line naming it."""
+    if not storage.exists(uri):
+        raise EpisodeSchemaError(f"{uri}: {missing}")
+    try:
+        return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    except pa.ArrowException as exc:
+        raise EpisodeSchemaError(f"{uri}: unreadable {what}: {exc}") from exc
+
+
 def read_steps(dataset_dir: str, episode_id: str, num_steps: int | None = None) -> EpisodeSteps:
     """The steps of one episode, checked against the schema (and ``num_steps`` from the index when given)."""
     uri = steps_uri(dataset_dir, episode_id)
-    if not storage.exists(uri):
-        raise EpisodeSchemaError(f"{uri}: steps file not found (episode {episode_id!r} is in the index)")
-    try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    except pa.ArrowException as exc:
-        raise EpisodeSchemaError(f"{uri}: unreadable steps file: {exc}") from exc
+    table = _read_table(uri, "steps file", f"steps file not found (episode {episode_id!r} is in the index)")
     table = check_steps_table(table, uri, num_steps)
 
     def matrix(name: str, dim: int) -> np.ndarray:
@@ -343,12 +348,8 @@ def check_index_table(table: pa.Table, where: str) -> pa.Table:
 def read_index(dataset_dir: str) -> list[EpisodeInfo]:
     """The episodes of a dataset, checked: a dataset whose writer began and never finished is refused."""
     uri = storage.join(dataset_dir, INDEX_FILE)
-    if not storage.exists(uri):
-        raise EpisodeSchemaError(f"{uri}: episode index not found; build one with `vjepa2-ray build-episodes`")
-    try:
-        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
-    except pa.ArrowException as exc:
-        raise EpisodeSchemaError(f"{uri}: unreadable episode index: {exc}") from exc
+    table = _read_table(uri, "episode index",
+                        "episode index not found; build one with `vjepa2-ray build-episodes`")
     table = check_index_table(table, uri)
     try:
         manifest.check_complete(dataset_dir, storage.list_files(dataset_dir, ".parquet"), table.num_rows)
