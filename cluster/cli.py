@@ -37,6 +37,8 @@ COMMANDS: dict[str, Command] = {
     "curate": Command("curation.curate", "Curated-YT1B: scenes, embeddings, k-means, retrieval, report",
                       config=True),
     "pretrain": Command("train.pretrain", "V-JEPA 2 pretraining on Ray Train (FSDP2)", config=True),
+    "posttrain": Command("train.posttrain", "V-JEPA 2-AC post-training on robot episodes (frozen encoder)",
+                         config=True),
     "collect": Command("pipelines.robot_sim.collect",
                        "simulated Franka play episodes (panda-gym) as a robot-episode dataset", config=True),
     "init-checkpoint": Command("train.init_checkpoint", "a randomly initialised model in Meta's layout"),

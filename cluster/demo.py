@@ -8,9 +8,12 @@ Steps (each prints what it did and where its results are):
                           curated manifest + report (HTML, plots, contact sheets)
   4. pretraining       -> a short tiny V-JEPA 2 run on Ray Train (FSDP2 on gloo) over the VideoMix stream
                           with the curated yt1b source; sharded checkpoints + a Meta-layout export
-  5. embed             -> encoder features of one sample-world clip from the exported checkpoint
+  5. post-training     -> a tiny V-JEPA 2-AC predictor on the sample world's simulated Franka episodes,
+                          over the frozen encoder just exported (Ray Train); held-out rollout L1 against
+                          copying the last frame and against shuffled actions; a Meta AC-layout export
+  6. embed             -> encoder features of one sample-world clip from the exported checkpoint
 Everything goes through the same functions the CLI subcommands and a cluster run use. In MLflow the
-demo is one parent run (``demo-pipeline``) with the data pass, curation and pretraining nested under it
+demo is one parent run (``demo-pipeline``) with the data pass, curation and both trainings nested under it
 (``tracking.parent_run``); the parent holds the step summary.
 """
 
@@ -137,6 +140,19 @@ def step_pretrain(ctx: DemoContext) -> dict:
             "steps": ctx.train_steps, "loss_first_last": [losses[0], losses[-1]] if losses else None}
 
 
+def step_posttrain(ctx: DemoContext) -> dict:
+    from train.posttrain import posttrain
+    from train.posttrain_config import PosttrainConfig
+
+    overrides = [f"data.dataset={ctx.world / 'robot'}", "encoder.kind=vjepa2", f"encoder.checkpoint={ctx.checkpoint}",
+                 f"run.output_dir={ctx.workdir / 'runs' / 'demo' / 'posttrain'}", *ctx.tracking_overrides()]
+    result = posttrain(load_config(PosttrainConfig, preset_path("posttrain", "tiny"), overrides))
+    quality = result.worker.get("quality") or {}
+    return {"export": result.export_path, "mlflow_run": result.mlflow_run_id,
+            **{k: round(quality[k], 4) for k in ("val_l1_1step", "val_copy_l1_1step", "val_shuffled_l1_1step")
+               if k in quality}}
+
+
 def step_embed(ctx: DemoContext) -> dict:
     import numpy as np
 
@@ -157,6 +173,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
     ("VideoMix data pass (Ray Data)", step_data_pass),
     ("Curated-YT1B", step_curation),
     ("V-JEPA 2 pretraining (Ray Train)", step_pretrain),
+    ("V-JEPA 2-AC post-training (Ray Train)", step_posttrain),
     ("embed with the exported checkpoint", step_embed),
 ]
 

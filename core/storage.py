@@ -66,6 +66,12 @@ def data_path(path: str, root: str = "") -> str:
     return join(data_root(root), path)
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (``~`` expanded); ``s3://`` URIs and "" unchanged. Output locations are
+    made absolute in the driver, so workers on other nodes or in other directories write the same place."""
+    return path if not path or is_s3(path) else str(Path(path).expanduser().resolve())
+
+
 def s3_endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 

@@ -8,12 +8,13 @@ predicts the frame at t+1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import ACPredictorConfig, EncoderConfig
-from models.encoder import VisionTransformer
 from models.modules import LN_EPS, init_weights, make_blocks, rescale_residuals
 from models.rope import RopeTables, rope_tables
 
@@ -92,11 +93,15 @@ class ACPredictor(nn.Module):
         return self.predictor_proj(self.predictor_norm(x))
 
 
-def encode_frames(encoder: VisionTransformer, clip: Tensor, normalize: bool = True) -> Tensor:
-    """docs/reference.md R-vjepa2-6.2: encode each frame of ``[B, C, T, H, W]`` alone, duplicated to fill the tubelet,
-    giving ``[B, T*H_p*W_p, D]``; ``normalize`` applies the parameter-free layer norm (``normalize_reps``)."""
+def encode_frames(encoder: Callable[[Tensor], Tensor], clip: Tensor, repeats: int | None = None,
+                  normalize: bool = True) -> Tensor:
+    """docs/reference.md R-vjepa2-6.2: encode each frame of ``[B, C, T, H, W]`` alone, duplicated ``repeats``
+    times to fill the tubelet (default: a V-JEPA 2 encoder's ``cfg.tubelet_size``), giving ``[B, T*n, D]``
+    for ``n`` tokens per frame; ``normalize`` applies the parameter-free layer norm (``normalize_reps``).
+    ``encoder`` is any clip-to-tokens callable, so every frozen encoder kind is encoded the same way."""
     batch, chans, frames, height, width = clip.shape
+    repeats = encoder.cfg.tubelet_size if repeats is None else repeats
     single = clip.permute(0, 2, 1, 3, 4).reshape(batch * frames, chans, 1, height, width)
-    tokens = encoder(single.repeat(1, 1, encoder.cfg.tubelet_size, 1, 1))
+    tokens = encoder(single.repeat(1, 1, repeats, 1, 1))
     tokens = tokens.reshape(batch, frames * tokens.size(1), tokens.size(2))
     return F.layer_norm(tokens, (tokens.size(-1),)) if normalize else tokens

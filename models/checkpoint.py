@@ -153,15 +153,19 @@ def _tensors(sd: dict[str, Tensor]) -> StateDict:
 
 def save_meta_checkpoint(path: str | Path, encoder_sd: StateDict, predictor_sd: StateDict,
                          target_encoder_sd: StateDict | None = None, model_cfg: ModelConfig | None = None,
-                         extra: dict[str, Any] | None = None) -> None:
-    """Write Meta's layout with bare keys; ``model_cfg`` goes under ``vjepa2_ray``, ``extra`` at top level.
+                         extra: dict[str, Any] | None = None, key_prefix: str = "") -> None:
+    """Write Meta's layout; ``model_cfg`` goes under ``vjepa2_ray``, ``extra`` at top level. Keys are bare,
+    or carry ``key_prefix`` (``"module."``, as Meta's AC training writes them; every loader strips it).
 
     State dicts must be plain tensors (gather FSDP2 DTensors into a full state dict first). The write is
     atomic for local paths (temp file + rename).
     """
-    data: dict[str, Any] = {"encoder": _tensors(encoder_sd), "predictor": _tensors(predictor_sd)}
+    def tensors(sd: StateDict) -> StateDict:
+        return {key_prefix + k: v for k, v in _tensors(sd).items()}
+
+    data: dict[str, Any] = {"encoder": tensors(encoder_sd), "predictor": tensors(predictor_sd)}
     if target_encoder_sd is not None:
-        data["target_encoder"] = _tensors(target_encoder_sd)
+        data["target_encoder"] = tensors(target_encoder_sd)
     clash = sorted(set(extra or {}) & {*MODEL_KEYS, ARCH_KEY})
     if clash:
         raise ValueError(f"extra keys {clash} would overwrite model entries")

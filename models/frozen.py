@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import torch
@@ -46,6 +46,8 @@ from torch import Tensor, nn
 
 from core import storage
 from core.errors import UserError
+from models.ac_predictor import encode_frames
+from models.config import EncoderConfig
 
 FrozenKind = Literal["vjepa2", "random", "image", "pixels"]
 KINDS: tuple[str, ...] = get_args(FrozenKind)
@@ -57,6 +59,7 @@ EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdba
 # EfficientNet-lite was trained on (x - 127) / 128 (TF efficientnet_lite_builder MEAN_RGB/STDDEV_RGB).
 LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
+IMAGE_TOKEN_DIM = 320  # channels of EfficientNet-lite0's last MBConv block
 
 
 @dataclass
@@ -147,6 +150,20 @@ class FrozenEncoder(nn.Module):
         caller is in (``forward`` is the frozen, precision-handling entry point)."""
         raise NotImplementedError
 
+    @property
+    def frame_repeats(self) -> int:
+        """How many copies of one frame fill the encoder's tubelet (V-JEPA 2-AC encodes frames alone)."""
+        return 1
+
+    def frame_tokens(self, clip: Tensor) -> Tokens:
+        """Every frame of ``clip`` encoded alone and layer-normed, as V-JEPA 2-AC trains and plans
+        (docs/reference.md R-vjepa2-6.2): ``[B, T*n, D]`` on the grid ``(T, h, w)``."""
+        with torch.no_grad(), torch.autocast(clip.device.type, dtype=torch.bfloat16,
+                                             enabled=self.precision == "bf16"):
+            tokens = encode_frames(self.encode, clip, self.frame_repeats)
+        _, h, w = self.grid(self.frame_repeats, *clip.shape[3:])
+        return Tokens(tokens.float(), (clip.shape[2], h, w))
+
     def train(self, mode: bool = True) -> FrozenEncoder:
         """Always eval mode, whatever ``mode`` says (see the module docstring)."""
         return super().train(False)
@@ -171,6 +188,10 @@ class VJepa2Encoder(FrozenEncoder):
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         return frames // self.cfg.tubelet_size, height // self.cfg.patch_size, width // self.cfg.patch_size
 
+    @property
+    def frame_repeats(self) -> int:
+        return self.cfg.tubelet_size
+
     def encode(self, clip: Tensor) -> Tensor:
         return self.net(clip)
 
@@ -183,7 +204,9 @@ class ImageEncoder(FrozenEncoder):
     STRIDE = 32
 
     def __init__(self, net: nn.Module, precision: str = "fp32") -> None:
-        super().__init__("image", net._blocks[-1]._bn2.num_features, precision)
+        super().__init__("image", IMAGE_TOKEN_DIM, precision)
+        if net._blocks[-1]._bn2.num_features != IMAGE_TOKEN_DIM:
+            raise ValueError(f"expected EfficientNet-lite0 ({IMAGE_TOKEN_DIM} channels in its last block)")
         self.net = net
         # ImageNet normalisation -> the network's: x * (s_in / s_lite) + (m_in - m_lite) / s_lite
         mean_in, std_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
@@ -217,6 +240,10 @@ class PixelEncoder(FrozenEncoder):
     def __init__(self, patch_size: int, tubelet_size: int, precision: str = "fp32") -> None:
         super().__init__("pixels", 3 * tubelet_size * patch_size * patch_size, precision)
         self.patch_size, self.tubelet_size = patch_size, tubelet_size
+
+    @property
+    def frame_repeats(self) -> int:
+        return self.tubelet_size
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         return frames // self.tubelet_size, height // self.patch_size, width // self.patch_size
@@ -261,6 +288,23 @@ def _random(cfg: FrozenEncoderConfig) -> VJepa2Encoder:
         torch.manual_seed(cfg.seed)
         net = build_encoder(model_cfg.encoder)
     return VJepa2Encoder("random", net, cfg.precision)
+
+
+def frame_geometry(cfg: FrozenEncoderConfig, encoder: EncoderConfig, crop_size: int) -> EncoderConfig:
+    """The encoder config an AC predictor is built for when frames of ``crop_size`` pixels are encoded
+    one by one with this frozen encoder: its token width (``embed_dim``) and the stride of its frame grid
+    (``patch_size``). ``encoder`` is the V-JEPA 2 architecture of a ``vjepa2`` checkpoint (the run's
+    model config); a ``random`` one is its preset's; image and pixel encoders bring their own."""
+    if cfg.kind == "random":
+        from models.build import load_model_preset
+
+        encoder = load_model_preset(cfg.preset).encoder
+    elif cfg.kind == "image":
+        encoder = replace(encoder, embed_dim=IMAGE_TOKEN_DIM, patch_size=ImageEncoder.STRIDE)
+    elif cfg.kind == "pixels":
+        encoder = replace(encoder, embed_dim=3 * cfg.tubelet_size * cfg.patch_size ** 2, patch_size=cfg.patch_size,
+                          tubelet_size=cfg.tubelet_size)
+    return replace(encoder, img_size=crop_size)
 
 
 def build_frozen_encoder(cfg: FrozenEncoderConfig, device: str | torch.device = "cpu") -> FrozenEncoder:

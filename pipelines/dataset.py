@@ -119,7 +119,8 @@ def rows_per_call(cfg: DataConfig) -> int:
 
 
 def decode_pool_args(cfg: DataConfig) -> dict[str, Any]:
-    """``map_batches`` arguments of the decode actor pool: its size, CPU budget, queued calls, environment."""
+    """``map_batches`` arguments of the decode actor pool: its size, CPU budget, queued calls, environment.
+    Robot episode clips (``pipelines.episodes.clips.EpisodeDataConfig``) have the same knobs and use it too."""
     import ray
 
     args: dict[str, Any] = {

@@ -45,6 +45,7 @@ REASONS: dict[str, str] = {
     "bad_state": "states hold NaN or inf, never change (a fill value), have a gripper outside [0, 1], or rows "
                  "out of order (timestamps not increasing, frame indices decreasing)",
     "episode_too_short": "fewer steps than one clip needs (clip frames x frame step, plus one)",
+    "not_cached": "the feature cache holds no tokens for this episode (its pre-pass could not read it)",
     "duplicate_episode": "an episode id already converted in this build (the first one is kept)",
 }
 STAGES = ("fetch", "open", "decode", "sample")

@@ -47,6 +47,14 @@ def random_resized_crop_box(height: int, width: int, scale: tuple[float, float],
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
             return CropBox(top, left, h, w)
+    return center_crop_box(height, width, ratio)
+
+
+def center_crop_box(height: int, width: int, ratio: tuple[float, float]) -> CropBox:
+    """The random-resized crop's fallback: the whole frame if its aspect lies in ``ratio``, else the
+    largest centred box at the nearest bound. It is also V-JEPA 2-AC's deterministic crop: Meta's DROID
+    config asks for an area scale of 1.777, which no try can meet, so every clip gets this box
+    (docs/reference.md R-vjepa2-6.4; 1280 x 720 DROID frames -> a centred 972 x 720 box)."""
     in_ratio = width / height
     if in_ratio < min(ratio):
         w, h = width, int(round(width / min(ratio)))

@@ -14,7 +14,8 @@ import psutil
 import pytest
 from pretrain_utils import TOTAL_STEPS, uninterrupted_losses, world_config
 
-from train.pretrain import CHECKPOINTS, PretrainResult, pretrain
+from train.launch import TrainResult
+from train.pretrain import CHECKPOINTS, pretrain
 from train.state import latest_checkpoint
 
 TIMEOUT_S = 300
@@ -37,7 +38,7 @@ def test_sigkilled_worker_is_replaced_and_resumes(ray_session, sample_world, run
     reference = uninterrupted_losses(str(sample_world), str(tmp_path_factory.getbasetemp()))
     out = tmp_path / "run"
     cfg = world_config(sample_world, out, "trainer.num_workers=2", "trainer.max_failures=1")
-    outcome: dict[str, PretrainResult | BaseException] = {}
+    outcome: dict[str, TrainResult | BaseException] = {}
 
     def target() -> None:
         try:

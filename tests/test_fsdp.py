@@ -37,7 +37,7 @@ def _setup(cfg, mesh) -> tuple[JEPA, torch.optim.Optimizer]:
                                       (jepa.predictor, jepa.predictor.predictor_blocks, True),
                                       (jepa.target_encoder, jepa.target_encoder.blocks, False)):
         parallelize(module, blocks, cfg.trainer, mesh, torch.float32, trainable=trainable)
-    return jepa, build_optimizer(jepa.encoder, jepa.predictor, cfg.optim)
+    return jepa, build_optimizer({"encoder": jepa.encoder, "predictor": jepa.predictor}, cfg.optim)
 
 
 def _run(jepa, optimizer, cfg, micro_batches_per_step) -> list[float]:

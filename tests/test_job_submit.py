@@ -63,7 +63,7 @@ def _jobs(cluster) -> dict[str, tuple[str, str]]:
     found = {}
     for job in json.loads(done.stdout.strip().splitlines()[-1]):
         entry = job["entrypoint"]
-        module = next((m for m in ("curation.curate", "train.pretrain") if m in entry), entry)
+        module = next((m for m in ("curation.curate", "train.pretrain", "train.posttrain") if m in entry), entry)
         found[f"{module} dry-run" if "--dry-run" in entry else module] = (job["status"], job["log"])
     return found
 
@@ -82,6 +82,19 @@ def quickstart_run(ray_head, sample_world, tmp_path_factory):
                            capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     assert shell.returncode == 0, (shell.stdout + shell.stderr)[-8000:]
     return copy, commit, _jobs(ray_head), shell.stdout
+
+
+@pytest.mark.slow
+def test_posttrain_job_trains_on_the_pretrained_export_and_prints_its_own(quickstart_run):
+    copy, _, jobs, _ = quickstart_run
+    status, log = jobs["train.posttrain"]
+    assert status.endswith("SUCCEEDED"), log[-4000:]
+    runs = copy / "runs"
+    assert log.strip().splitlines()[-1] == str(runs / "posttrain-tiny" / "posttrain-tiny-step_00000040.pt")
+    assert (runs / "posttrain-tiny" / "quality.json").exists()
+    params = (runs / "posttrain-tiny" / "params-posttrain.yaml").read_text()
+    assert str(runs / "pretrain-tiny" / "latest.pt") in params  # resolved against the data root
+    assert "Traceback" not in log and "\x1b" not in log
 
 
 @pytest.mark.slow

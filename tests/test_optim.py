@@ -24,7 +24,7 @@ def _names(module: torch.nn.Module, params: list[torch.nn.Parameter]) -> set[str
 
 
 def test_four_groups_exempt_biases_and_1d_but_not_mask_tokens(jepa):
-    groups = {g["name"]: g for g in param_groups(jepa.encoder, jepa.predictor)}
+    groups = {g["name"]: g for g in param_groups({"encoder": jepa.encoder, "predictor": jepa.predictor})}
     assert list(groups) == ["encoder.decay", "encoder.no_decay", "predictor.decay", "predictor.no_decay"]
     enc_exempt = _names(jepa.encoder, groups["encoder.no_decay"]["params"])
     assert "blocks.0.attn.qkv.bias" in enc_exempt and "norm.weight" in enc_exempt  # bias; LayerNorm is 1-D
@@ -38,7 +38,7 @@ def test_four_groups_exempt_biases_and_1d_but_not_mask_tokens(jepa):
 
 
 def test_set_hyperparams_never_decays_exempt_groups(jepa):
-    opt = build_optimizer(jepa.encoder, jepa.predictor, OptimConfig())
+    opt = build_optimizer({"encoder": jepa.encoder, "predictor": jepa.predictor}, OptimConfig())
     set_hyperparams(opt, lr=3e-4, weight_decay=0.5)
     for group in opt.param_groups:
         assert group["lr"] == 3e-4
@@ -49,7 +49,7 @@ def test_set_hyperparams_never_decays_exempt_groups(jepa):
 def test_a_zero_gradient_step_shrinks_only_decayed_weights():
     lin = torch.nn.Linear(4, 4)
     pred = torch.nn.Linear(4, 4)
-    opt = build_optimizer(lin, pred, OptimConfig(weight_decay=0.1))
+    opt = build_optimizer({"encoder": lin, "predictor": pred}, OptimConfig(weight_decay=0.1))
     set_hyperparams(opt, lr=0.1, weight_decay=0.1)
     before_w, before_b = lin.weight.detach().clone(), lin.bias.detach().clone()
     for p in [*lin.parameters(), *pred.parameters()]:

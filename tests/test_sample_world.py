@@ -200,14 +200,33 @@ def test_cli_rebuild_gives_the_same_bytes(sample_world: Path, tmp_path: Path) ->
     (out / "sources").mkdir(parents=True)
     (out / ".sample_world").write_text("")
     (out / "sources" / "stale.mp4").write_bytes(b"old")
-    result = subprocess.run([sys.executable, "-m", "pipelines.sample_world", "--out", str(out), "--seed", "0"],
+    result = subprocess.run([sys.executable, "-m", "pipelines.sample_world", "--out", str(out), "--seed", "0",
+                             "--no-robot"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "sources/yt1b" in result.stderr  # progress is logged
-    files = sorted(p.relative_to(sample_world) for p in sample_world.rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    def video_part(root: Path) -> list[Path]:  # the robot part's determinism is tests/test_robot_sim.py's
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and p.relative_to(root).parts[0] != "robot")
+
+    files = video_part(sample_world)
+    assert files == video_part(out)
     for rel in files:
+        if rel.name == "world.json":  # the same, but for the robot part's record
+            assert json.loads(_normalised(out / rel, out)) == {
+                k: v for k, v in json.loads(_normalised(sample_world / rel, sample_world)).items() if k != "robot"}
+            continue
         assert _normalised(out / rel, out) == _normalised(sample_world / rel, sample_world), rel
+
+
+def test_the_robot_part_holds_twelve_simulated_episodes(sample_world: Path, world: dict) -> None:
+    from pipelines.episodes.schema import read_index, read_steps
+
+    episodes = read_index(str(sample_world / "robot"))
+    assert world["robot"] == {"dataset": str(sample_world / "robot"), "seed": 0, "episodes": 12, "frames": 1212,
+                              "robot_seconds": 96.0}
+    assert len(episodes) == 12 and {e.fps for e in episodes} == {12.5} and {e.num_steps for e in episodes} == {101}
+    assert read_steps(str(sample_world / "robot"), episodes[0].episode_id).state.shape == (101, 7)
 
 
 def test_seed_changes_the_world() -> None:

@@ -7,7 +7,7 @@ import pytest
 from configs import CONFIG_ROOT
 from core.config import ConfigError, load_config
 from train.config import OptimConfig, PretrainConfig
-from train.schedules import Constant, LinearDecay, WarmupConstant, build_schedules
+from train.schedules import Constant, LinearDecay, WarmupConstant, WarmupStableDecay, build_schedules
 
 
 def test_warmup_then_constant_counts_from_one_like_meta():
@@ -59,3 +59,17 @@ def test_every_preset_builds_its_schedule(preset):
         assert final == cfg.optim.lr
     else:
         assert cfg.optim.final_lr < final < cfg.optim.lr
+
+
+def test_wsd_warms_up_holds_then_anneals_to_final():
+    lr = WarmupStableDecay(start=7.5e-5, peak=4.25e-4, final=0.0, warmup_steps=4500, anneal_steps=4500,
+                           total_steps=94500)
+    assert lr(0) == pytest.approx(7.5e-5 + (4.25e-4 - 7.5e-5) / 4500)  # Meta's counter runs one ahead
+    assert lr(4499) == lr(50000) == lr(89999) == 4.25e-4
+    assert lr(92249) == pytest.approx(4.25e-4 / 2)
+    assert lr(94499) == 0.0
+
+
+def test_wsd_phases_longer_than_the_run_are_refused():
+    with pytest.raises(ConfigError, match="anneal_steps"):
+        build_schedules(OptimConfig(schedule="wsd", warmup_steps=10, anneal_steps=10, total_steps=15))

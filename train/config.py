@@ -34,14 +34,16 @@ def default_masks() -> list[MaskConfig]:
 
 @dataclass
 class OptimConfig:
-    """AdamW + schedules (docs/reference.md R-vjepa2-4.2). ``schedule``: warmup-constant (main) or linear-decay
-    (cooldown)."""
+    """AdamW + schedules (docs/reference.md R-vjepa2-4.2). ``schedule``: warmup-constant (main), linear-decay
+    (cooldown) or warmup-stable-decay (V-JEPA 2-AC, docs/reference.md R-vjepa2-6.5: warmup ``start_lr -> lr``,
+    constant, then linear to ``final_lr`` over the last ``anneal_steps``)."""
 
-    schedule: Literal["warmup_constant", "linear_decay"] = "warmup_constant"
+    schedule: Literal["warmup_constant", "linear_decay", "wsd"] = "warmup_constant"
     lr: float = 5.25e-4
     start_lr: float = 1e-4
     final_lr: float = 5.25e-4
     warmup_steps: int = 12000
+    anneal_steps: int = 0  # wsd only
     total_steps: int = 240000
     # docs/reference.md R-vjepa2-4.2: Meta stretches T_max by ipe_scale 1.25, so the cooldown's linear decay stops at
     # ~1.06e-4.

@@ -8,15 +8,45 @@ datasets to Ray Train as callables, so each (re)started worker group streams fro
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from core import storage
 from core.errors import UserError
 from train.fsdp import backend
 from train.loop import TRAIN, VAL, TrainData, TrainJob, ValData, train_loop_per_worker
-from train.state import newest_complete_checkpoint, ray_checkpoint
+from train.state import latest_checkpoint, link_latest, newest_complete_checkpoint, ray_checkpoint, read_record
 
+LATEST = "latest.pt"  # Meta's name; here a link to the newest export
 CHECKPOINTS = "checkpoints"  # Ray Train run name: checkpoints live in <output_dir>/checkpoints/
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) training run (pretraining, post-training) left behind."""
+
+    export_path: str  # Meta-layout file of the newest checkpoint
+    checkpoint: str  # the newest sharded checkpoint
+    output_dir: str
+    mlflow_run_id: str
+    worker: dict[str, Any]  # rank 0's summary: start/final step, per-step losses, throughput
+
+
+def print_result(result: TrainResult) -> int:
+    """A training stage's last lines: the MLflow run and checkpoint, then the export alone, so commands chain."""
+    print(f"MLflow run {result.mlflow_run_id}; checkpoint {result.checkpoint}")
+    print(result.export_path)
+    return 0
+
+
+def log_checkpoint(run: Any, checkpoint: str, export_path: str, latest: str) -> None:
+    """The final checkpoint's record and where it and its export are, into a tracking run."""
+    run.log_text(json.dumps(read_record(checkpoint), indent=1, default=str), "checkpoint/train_state.json")
+    run.log_text(json.dumps({"checkpoint": checkpoint, "export": export_path, "latest": latest}, indent=1),
+                 "checkpoint/locations.json")
+    run.set_tags({"vjepa2.checkpoint": checkpoint, "vjepa2.export": export_path})
 
 
 def existing_checkpoint(run_uri: str, ray_managed: bool) -> str | None:
@@ -59,6 +89,18 @@ def build_trainer(job: TrainJob, output_dir: str, global_batch: int, dataset_con
         datasets=datasets,
         dataset_config=dataset_config,
     )
+
+
+def export_newest(cfg: Any, run_uri: str, export: Any) -> tuple[str, str, str]:
+    """Export the newest checkpoint of the run ``cfg`` describes with ``export(local_dir, out) -> path`` to
+    ``<run.output_dir>/<run.name>-step_<N>.pt`` and point ``latest.pt`` at it; (checkpoint, export, latest)."""
+    output_dir, name = cfg.run.output_dir, cfg.run.name
+    checkpoint = latest_checkpoint(run_uri, ray_managed=cfg.trainer.num_workers > 0)
+    if checkpoint is None:
+        raise UserError(f"run finished without a checkpoint in {run_uri}")
+    out = storage.join(output_dir, f"{name}-{Path(checkpoint).name}.pt")
+    export_path = export_checkpoint(checkpoint, lambda local: export(local, out))
+    return checkpoint, export_path, link_latest(export_path, storage.join(output_dir, LATEST))
 
 
 def export_checkpoint(checkpoint: str, export: Any) -> str:

@@ -1,9 +1,10 @@
 """AdamW with V-JEPA 2's four parameter groups, and the global-batch plan with its LR rule (docs/reference.md
 R-vjepa2-4.2).
 
-Groups: {encoder, predictor} x {weights; biases and 1-D parameters}. The second kind never gets weight
-decay. The predictor's mask tokens are ``[1, 1, D]`` (3-D), so they *do* get weight decay, as in Meta's
-code. Build the optimizer after FSDP2 sharding: it must hold the sharded (DTensor) parameters.
+Groups: {encoder, predictor} x {weights; biases and 1-D parameters} (post-training: the AC predictor's
+two). The second kind never gets weight decay. The predictor's mask tokens are ``[1, 1, D]`` (3-D), so
+they *do* get weight decay, as in Meta's code. Build the optimizer after FSDP2 sharding: it must hold
+the sharded (DTensor) parameters.
 
 LR rule: the recipe's learning rates are for a global batch of ``optim.reference_global_batch`` (3072).
 A cluster that is too small for the global batch reaches it with gradient accumulation; when the global
@@ -32,10 +33,11 @@ def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return name.endswith(".bias") or param.ndim == 1
 
 
-def param_groups(encoder: nn.Module, predictor: nn.Module) -> list[dict]:
-    """The four AdamW groups; each carries ``name`` and ``wd_exempt`` so schedules know what to decay."""
+def param_groups(modules: dict[str, nn.Module]) -> list[dict]:
+    """Two AdamW groups per trained module (pretraining: encoder and predictor; post-training: the AC
+    predictor alone); each carries ``name`` and ``wd_exempt`` so schedules know what to decay."""
     groups = []
-    for prefix, module in (("encoder", encoder), ("predictor", predictor)):
+    for prefix, module in modules.items():
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         decay = [p for n, p in named if not _no_weight_decay(n, p)]
         exempt = [p for n, p in named if _no_weight_decay(n, p)]
@@ -44,9 +46,9 @@ def param_groups(encoder: nn.Module, predictor: nn.Module) -> list[dict]:
     return groups
 
 
-def build_optimizer(encoder: nn.Module, predictor: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(modules: dict[str, nn.Module], cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW(betas, eps) over :func:`param_groups`; LR and WD are set every step by :func:`set_hyperparams`."""
-    return torch.optim.AdamW(param_groups(encoder, predictor), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+    return torch.optim.AdamW(param_groups(modules), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
                              weight_decay=cfg.weight_decay)
 
 

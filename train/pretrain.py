@@ -18,10 +18,9 @@ each rank's step log (``log_r<rank>.csv``), as Meta's runs do; MLflow gets the e
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,15 @@ from models.checkpoint import checkpoint_kind, load_meta_checkpoint
 from pipelines.dataset import train_data_config
 from pipelines.sources import check_data
 from train.config import PretrainConfig
-from train.launch import CHECKPOINTS, build_trainer, existing_checkpoint, export_checkpoint
+from train.launch import (
+    CHECKPOINTS,
+    TrainResult,
+    build_trainer,
+    existing_checkpoint,
+    export_newest,
+    log_checkpoint,
+    print_result,
+)
 from train.loop import TrainJob
 from train.optim import plan_batch
 from train.pretrain_recipe import PretrainRecipe
@@ -42,8 +49,6 @@ from train.run_tracking import attach_run
 from train.state import (
     check_compatible,
     export_meta,
-    latest_checkpoint,
-    link_latest,
     package_versions,
     provenance,
     read_record,
@@ -52,23 +57,7 @@ from train.state import (
 log = logging.getLogger(__name__)
 
 PARAMS_FILE = "params-pretrain.yaml"  # the resolved config in the run folder, Meta's name for it
-LATEST = "latest.pt"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc model-from-code file
-
-
-@dataclass
-class PretrainResult:
-    """What a finished (or stopped) run left behind."""
-
-    export_path: str  # Meta-layout file of the newest checkpoint
-    checkpoint: str  # the newest sharded checkpoint
-    output_dir: str
-    mlflow_run_id: str
-    worker: dict[str, Any]  # rank 0's summary: start/final step, per-step losses, throughput
-
-
-def _absolute(path: str) -> str:
-    return path if not path or storage.is_s3(path) else str(Path(path).expanduser().resolve())
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
@@ -76,12 +65,12 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     output paths, the tracking URI; and a decode block size that keeps the data position exact
     (:func:`aligned_decode_batch`)."""
     root = storage.data_root(cfg.data_root)
-    output_dir = _absolute(cfg.run.output_dir) or str(runs_root() / cfg.run.name)
+    output_dir = storage.absolute(cfg.run.output_dir) or str(runs_root() / cfg.run.name)
     warn_if_lost(output_dir, "run.output_dir (checkpoints, exports)")
     sources = {name: replace(src, manifest=storage.data_path(src.manifest, root))
                for name, src in cfg.data.sources.items()}
     data = replace(cfg.data, sources=sources, decode_batch_size=aligned_decode_batch(cfg),
-                   rejects_dir=_absolute(cfg.data.rejects_dir) or storage.join(output_dir, "rejects"))
+                   rejects_dir=storage.absolute(cfg.data.rejects_dir) or storage.join(output_dir, "rejects"))
     tracking = replace(cfg.tracking, tracking_uri=resolve_uri(cfg.tracking) if cfg.tracking.enabled else "")
     run = replace(cfg.run, output_dir=output_dir, init_checkpoint=storage.data_path(cfg.run.init_checkpoint, root))
     return replace(cfg, data_root=root, run=run, data=data, tracking=tracking)
@@ -202,7 +191,7 @@ def check_before_ray(cfg: PretrainConfig, own_dataset: bool) -> None:
     storage.check_writable(cfg.run.output_dir)
 
 
-def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
+def pretrain(cfg: PretrainConfig, dataset: Any = None) -> TrainResult:
     """Run (or resume) one pretraining phase and export its newest checkpoint in Meta's layout.
 
     ``dataset``: a prepared Ray Dataset (columns of ``pipelines.dataset.build_train_dataset``) to train
@@ -225,19 +214,11 @@ def pretrain(cfg: PretrainConfig, dataset: Any = None) -> PretrainResult:
              plan.global_batch, recipe.stop_step(), cfg.run.output_dir)
     job = TrainJob(recipe, run_uri, run_id, {**record, "lineage": lineage})
     result = build_trainer(job, cfg.run.output_dir, plan.global_batch, train_data_config(cfg.data), dataset).fit()
-    checkpoint = latest_checkpoint(run_uri, ray_managed=cfg.trainer.num_workers > 0)
-    if checkpoint is None:
-        raise UserError(f"run finished without a checkpoint in {run_uri}")
-    out = storage.join(cfg.run.output_dir, f"{cfg.run.name}-{Path(checkpoint).name}.pt")
-    export_path = export_checkpoint(checkpoint, lambda local: export_meta(local, out))
-    latest = link_latest(export_path, storage.join(cfg.run.output_dir, LATEST))
+    checkpoint, export_path, latest = export_newest(cfg, run_uri, lambda local, out: export_meta(local, out))
     with attach_run(cfg.tracking, run_id, system_metrics=False) as run:
-        run.log_text(json.dumps(read_record(checkpoint), indent=1, default=str), "checkpoint/train_state.json")
-        run.log_text(json.dumps({"checkpoint": checkpoint, "export": export_path, "latest": latest}, indent=1),
-                     "checkpoint/locations.json")
-        run.set_tags({"vjepa2.checkpoint": checkpoint, "vjepa2.export": export_path,
-                      "vjepa2.model": log_export(run, cfg, export_path)})
-    return PretrainResult(export_path, checkpoint, cfg.run.output_dir, run_id, result.return_value or {})
+        log_checkpoint(run, checkpoint, export_path, latest)
+        run.set_tags({"vjepa2.model": log_export(run, cfg, export_path)})
+    return TrainResult(export_path, checkpoint, cfg.run.output_dir, run_id, result.return_value or {})
 
 
 def dry_run(cfg: PretrainConfig) -> None:
@@ -250,9 +231,7 @@ def dry_run(cfg: PretrainConfig) -> None:
 
 def execute(cfg: PretrainConfig) -> int:
     result = pretrain(cfg)
-    print(f"MLflow run {result.mlflow_run_id}; checkpoint {result.checkpoint}")
-    print(result.export_path)
-    return 0
+    return print_result(result)
 
 
 STAGE = ConfigStage(PretrainConfig, check=dry_run, execute=execute, resolve=resolve)

@@ -18,16 +18,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from core.tracking import TrackingConfig
 from models.checkpoint import load_meta_checkpoint, load_state
 from pipelines.dataset import build_train_dataset
 from pipelines.sampling import ClipIndex
 from train.collate import Collator
-from train.config import PretrainConfig, RunSection, TrainerConfig
-from train.fsdp import autocast, compute_dtype, data_parallel_mesh, parallelize, training_device
+from train.config import PretrainConfig
+from train.fsdp import autocast, data_parallel_mesh, parallelize
 from train.health import CollapseMonitor
-from train.optim import build_optimizer, plan_batch
-from train.recipe import Recipe, StepResult
+from train.optim import build_optimizer
+from train.recipe import ConfigRecipe, StepResult
 from train.schedules import Schedules, build_schedules
 from train.state import check_compatible
 from train.step import JEPA, build_jepa, forward_loss, to_device, train_step
@@ -37,29 +36,11 @@ log = logging.getLogger(__name__)
 VAL_SEED_OFFSET = 0x7A1  # validation masks come from their own stream, never one a training step uses
 
 
-class PretrainRecipe(Recipe):
+class PretrainRecipe(ConfigRecipe):
     """V-JEPA 2 pretraining over the VideoMix stream (one :class:`PretrainConfig` describes the run)."""
 
     model: JEPA
-
-    def __init__(self, cfg: PretrainConfig):
-        self.cfg = cfg
-
-    @property
-    def run(self) -> RunSection:
-        return self.cfg.run
-
-    @property
-    def trainer(self) -> TrainerConfig:
-        return self.cfg.trainer
-
-    @property
-    def tracking(self) -> TrackingConfig:
-        return self.cfg.tracking
-
-    @property
-    def total_steps(self) -> int:
-        return self.cfg.optim.total_steps
+    cfg: PretrainConfig
 
     # ---- data ----------------------------------------------------------------------------------------
     def train_dataset(self, start_sample: int, stop_sample: int) -> Any:
@@ -80,12 +61,7 @@ class PretrainRecipe(Recipe):
     # ---- networks and steps ---------------------------------------------------------------------------
     def setup(self, world_size: int, rank: int, init_weights: str = "") -> None:
         cfg, trainer = self.cfg, self.cfg.trainer
-        if not trainer.use_gpu:
-            torch.set_num_threads(max(1, int(trainer.cpus_per_worker)))
-        self.device = training_device(trainer.use_gpu)
-        self.dtype = compute_dtype(trainer.precision, self.device)
-        self.plan = plan_batch(cfg.optim, trainer, world_size)
-        torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank before sharding
+        self.prepare(world_size)
         jepa = build_jepa(cfg.model)
         if init_weights:
             _load_meta_weights(jepa, init_weights)
@@ -96,7 +72,7 @@ class PretrainRecipe(Recipe):
                                           (jepa.target_encoder, jepa.target_encoder.blocks, False)):
             parallelize(module, blocks, trainer, mesh, dtype=self.dtype, trainable=trainable)
         self.model = jepa
-        self.optimizer = build_optimizer(jepa.encoder, jepa.predictor, cfg.optim)
+        self.optimizer = build_optimizer({"encoder": jepa.encoder, "predictor": jepa.predictor}, cfg.optim)
         self.schedules: Schedules = build_schedules(cfg.optim, self.plan.lr_scale)
         self.collapse = CollapseMonitor(trainer.target_std_floor)
         self.target_std: dict[int, float] = {}

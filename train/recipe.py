@@ -108,3 +108,41 @@ class Recipe(ABC):
     def record(self) -> dict[str, Any]:
         """What the recipe adds to every checkpoint's ``train_state.json`` (e.g. its schedules)."""
         return {}
+
+
+class ConfigRecipe(Recipe):
+    """A recipe whose one run config (``cfg``: pretraining's, post-training's) has the sections the loop
+    reads: ``run``, ``trainer``, ``tracking`` and ``optim.total_steps``."""
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    @property
+    def run(self) -> RunSection:
+        return self.cfg.run
+
+    @property
+    def trainer(self) -> TrainerConfig:
+        return self.cfg.trainer
+
+    @property
+    def tracking(self) -> TrackingConfig:
+        return self.cfg.tracking
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.optim.total_steps
+
+    def prepare(self, world_size: int) -> None:
+        """What every setup starts with: CPU threads, device, precision and batch plan, then the run's seed,
+        so every rank builds identical initial weights before sharding."""
+        from train.fsdp import compute_dtype, training_device
+        from train.optim import plan_batch
+
+        trainer = self.cfg.trainer
+        if not trainer.use_gpu:
+            torch.set_num_threads(max(1, int(trainer.cpus_per_worker)))
+        self.device = training_device(trainer.use_gpu)
+        self.dtype = compute_dtype(trainer.precision, self.device)
+        self.plan = plan_batch(self.cfg.optim, trainer, world_size)
+        torch.manual_seed(self.cfg.run.seed)

@@ -69,6 +69,30 @@ class LinearDecay:
 
 
 @dataclass(frozen=True)
+class WarmupStableDecay:
+    """Linear warmup ``start -> peak``, constant ``peak``, then linear ``peak -> final`` over the last
+    ``anneal_steps`` of ``total_steps`` (V-JEPA 2-AC, docs/reference.md R-vjepa2-6.5: 7.5e-5 -> 4.25e-4 over
+    4.5k steps, constant, 0 at the end of the last 4.5k). Same counter convention as the others."""
+
+    start: float
+    peak: float
+    final: float
+    warmup_steps: int
+    anneal_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        t = step + 1
+        anneal_from = self.total_steps - self.anneal_steps
+        if t < self.warmup_steps:
+            return self.start + (t / self.warmup_steps) * (self.peak - self.start)
+        if t > anneal_from:
+            progress = min(1.0, (t - anneal_from) / max(1, self.anneal_steps))
+            return self.peak + progress * (self.final - self.peak)
+        return self.peak
+
+
+@dataclass(frozen=True)
 class Hyperparams:
     """What one optimizer step uses."""
 
@@ -91,6 +115,12 @@ def build_schedules(cfg: OptimConfig, lr_scale: float = 1.0) -> Schedules:
     """The recipe's schedules; ``lr_scale`` is the global-batch LR rule (train.optim.plan_batch)."""
     if cfg.schedule == "warmup_constant":
         lr: Schedule = WarmupConstant(cfg.start_lr * lr_scale, cfg.lr * lr_scale, cfg.warmup_steps)
+    elif cfg.schedule == "wsd":
+        if cfg.warmup_steps + cfg.anneal_steps > cfg.total_steps:
+            raise ConfigError(f"optim.warmup_steps {cfg.warmup_steps} + optim.anneal_steps {cfg.anneal_steps} "
+                              f"exceed optim.total_steps {cfg.total_steps}")
+        lr = WarmupStableDecay(cfg.start_lr * lr_scale, cfg.lr * lr_scale, cfg.final_lr * lr_scale,
+                               cfg.warmup_steps, cfg.anneal_steps, cfg.total_steps)
     else:
         if cfg.warmup_steps:
             raise ConfigError(f"optim.warmup_steps={cfg.warmup_steps}: the linear_decay (cooldown) schedule "

@@ -86,7 +86,8 @@ def forward_loss(jepa: JEPA, clip: Tensor, masks_enc: list[Tensor],
     return loss, per_cfg, target_feature_std(normalize_targets(target))
 
 
-def _global_mean(values: Tensor) -> Tensor:
+def global_mean(values: Tensor) -> Tensor:
+    """The mean of ``values`` over ranks (a copy; ``values`` itself without a process group)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         values = values.clone()
         dist.all_reduce(values)  # gloo has no AVG: sum, then divide
@@ -118,5 +119,5 @@ def train_step(jepa: JEPA, optimizer: torch.optim.Optimizer, micro_batches: Iter
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     ema_update(jepa.target_encoder, jepa.encoder, hp.ema)
-    means = _global_mean(totals / grad_accum).tolist()
+    means = global_mean(totals / grad_accum).tolist()
     return StepOutput(loss=means[0], per_cfg=means[1:-1], target_std=means[-1], clips=clips, tokens=tokens)

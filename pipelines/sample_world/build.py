@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import logging
 import platform
@@ -206,7 +207,7 @@ def prepare_out(out: Path) -> None:
             raise UserError(f"--out {out}: directory is not empty and holds no sample world; "
                             "choose a new or empty directory")
         log.info("replacing the sample world in %s", out)
-        for name in ("sources", "targets"):
+        for name in ("sources", "targets", ROBOT_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / WORLD_JSON).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,16 +230,42 @@ def existing_world(out: Path, seed: int, digest: str) -> dict | None:
     return world if same and all(Path(uri).is_file() for uri in world.get("content", {})) else None
 
 
-def build_sample_world(out: Path, seed: int = 0, force: bool = False) -> dict:
-    """Build the world into ``out`` (unless an identical one is there and not ``force``); return its
-    ``world.json`` content."""
+ROBOT_DIR = "robot"
+
+
+def add_robot_part(out: Path, seed: int, world: dict) -> dict:
+    """The robot part (``<out>/robot``: the simulated Franka episodes of
+    ``pipelines.robot_sim.collect.build_robot_sample``), built unless ``world.json`` records a complete one
+    for this seed; then ``world.json`` is (re)written with it. Without the ``sim`` extra it is left out,
+    with a warning: the video part does not need it."""
+    robot = out / ROBOT_DIR
+    recorded = world.get("robot") or {}
+    if recorded.get("seed") == seed and (robot / "_SUCCESS").is_file():
+        return world
+    if importlib.util.find_spec("pybullet") is None:
+        log.warning("sample world: no robot part (pybullet missing: install the project's 'sim' extra)")
+        return world
+    from pipelines.robot_sim.collect import build_robot_sample
+
+    started = time.perf_counter()
+    summary = build_robot_sample(robot, seed).summary
+    world = {**world, "robot": {"dataset": str(robot), "seed": seed, "episodes": summary["episodes"],
+                                "frames": summary["frames"], "robot_seconds": summary["robot_seconds"]}}
+    (out / WORLD_JSON).write_text(json.dumps(world, indent=1, sort_keys=True) + "\n")
+    log.info("%-22s %3d episodes %.1f s", ROBOT_DIR, summary["episodes"], time.perf_counter() - started)
+    return world
+
+
+def build_sample_world(out: Path, seed: int = 0, force: bool = False, robot: bool = True) -> dict:
+    """Build the world into ``out`` (unless an identical one is there and not ``force``), with its robot
+    part unless ``robot`` is False; return its ``world.json`` content."""
     out = Path(out).expanduser().resolve()
     started = time.perf_counter()
     specs, duplicates = plan_world(seed)
     digest = plan_digest(specs, duplicates)
     if not force and (world := existing_world(out, seed, digest)) is not None:
         log.info("sample world in %s is up to date (seed %d); nothing to build (--force rebuilds)", out, seed)
-        return world
+        return add_robot_part(out, seed, world) if robot else world
     prepare_out(out)
     built: list[Built] = []
     content_of: dict[str, list[str]] = {}
@@ -252,6 +279,8 @@ def build_sample_world(out: Path, seed: int = 0, force: bool = False) -> dict:
         log.info("%-22s %3d files  %.1f s", folder, len(todo), time.perf_counter() - folder_started)
     world = {**ground_truth(out, seed, built, duplicates, write_manifests(out, built)), "plan_digest": digest}
     (out / WORLD_JSON).write_text(json.dumps(world, indent=1, sort_keys=True) + "\n")
+    if robot:
+        world = add_robot_part(out, seed, world)
     size_mb = sum(b.info.bytes for b in built) / 1e6
     log.info("sample world: %d files, %.1f MB in %s (%.1f s)", len(built), size_mb, out,
              time.perf_counter() - started)
@@ -264,13 +293,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same bytes)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even when an identical world (same plan, seed, library versions) is there")
+    parser.add_argument("--no-robot", action="store_true",
+                        help="leave out the robot part (robot/: simulated Franka episodes, ~40 s on 2 cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     from core.redact import setup_logging
 
     setup_logging()
-    build_sample_world(args.out, args.seed, force=args.force)
+    build_sample_world(args.out, args.seed, force=args.force, robot=not args.no_robot)
     return 0
 
 
