@@ -92,6 +92,8 @@ def test_posttrain_job_trains_on_the_pretrained_export_and_prints_its_own(quicks
     runs = copy / "runs"
     assert log.strip().splitlines()[-1] == str(runs / "posttrain-tiny" / "posttrain-tiny-step_00000040.pt")
     assert (runs / "posttrain-tiny" / "quality.json").exists()
+    (run,) = find_runs(local_store_uri(runs), "vjepa2-posttrain")  # its own experiment, not pretraining's
+    assert run.data.tags["vjepa2.export"] == log.strip().splitlines()[-1]
     params = (runs / "posttrain-tiny" / "params-posttrain.yaml").read_text()
     assert str(runs / "pretrain-tiny" / "latest.pt") in params  # resolved against the data root
     assert "Traceback" not in log and "\x1b" not in log
