@@ -1,6 +1,7 @@
 """Check a manifest before spending GPU hours: open and decode one clip per row, report bad rows by reason.
 
 ``vjepa2-ray validate-data --manifest URI [--source NAME] --rejects OUT.parquet``
+``vjepa2-ray validate-data --episodes DIR --rejects OUT.parquet`` (robot episodes)
 
 Every row goes through the training path (fetch, open, frame plan, decode, crop) with its own
 window seed; a failing row becomes a reject record (uri, source, reason, stage) in OUT.parquet.
@@ -12,6 +13,10 @@ cannot be read or parsed, or breaks a row rule training enforces (a null ``uri``
 ``label``, a negative or non-finite ``weight``), is an error (exit 2, naming the file and line or row),
 and so is storage that cannot be reached or written (naming the URI). The manifest is
 read one row group at a time, so a 100M-row manifest validates in bounded memory.
+
+With ``--episodes`` the rows are a robot dataset's episodes, and each goes through the checks a build
+applies (pipelines/episodes/convert.py: its steps file, ``bad_state``, ``video_shorter_than_states``,
+``episode_too_short`` for a clip of ``--frames`` at ``--fps``, the video's own reasons).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from core.entry import module_main
 from pipelines import decode
 from pipelines.clips import ClipRequest, make_clip
 from pipelines.config import ClipConfig, DataConfig
+from pipelines.episodes.clips import EpisodeDataConfig
+from pipelines.episodes.convert import ConvertOptions, validate_dataset
 from pipelines.quarantine import Quarantine, RejectRecord, SampleError, write_rejects
 from pipelines.sources import ManifestRows
 
@@ -122,9 +129,10 @@ def validate(manifest: str, rejects_out: str, *, source: str = "", cfg: DataConf
     return rows.num_rows, quarantine, summary
 
 
-def report(manifest: str, total: int, quarantine: Quarantine, rejects_out: str, checked: Checked) -> str:
+def report(manifest: str, total: int, quarantine: Quarantine, rejects_out: str, checked: Checked,
+           unit: str = "rows", extra: list[str] | None = None) -> str:
     bad = quarantine.total
-    lines = [f"{manifest}: {total} rows, {total - bad} good, {bad} bad"]
+    lines = [f"{manifest}: {total} {unit}, {total - bad} good, {bad} bad"]
     width = max((len(r) for r in quarantine.by_reason()), default=0)
     lines += [f"  {reason:<{width}}  {n}" for reason, n in sorted(quarantine.by_reason().items())]
     if checked.seeks:
@@ -134,21 +142,38 @@ def report(manifest: str, total: int, quarantine: Quarantine, rejects_out: str, 
         lines += [f"  fallback  {uri}: {how}" for uri, how in checked.fallbacks.items()]
         if seeks["fallback"] > len(checked.fallbacks):
             lines.append(f"  ... {seeks['fallback'] - len(checked.fallbacks)} more fallback rows (see the log)")
+    lines += extra or []
     lines.append(f"rejects: {rejects_out}")
     return "\n".join(lines)
 
 
+def validate_episodes(args: argparse.Namespace) -> str:
+    """``--episodes DIR``: the report of every episode of a robot dataset through the build's checks."""
+    options = ConvertOptions(clip_frames=args.frames or EpisodeDataConfig().frames,
+                             clip_fps=args.fps or EpisodeDataConfig().fps, decoder=args.decoder)
+    total, quarantine, trimmed = validate_dataset(args.episodes, args.rejects, options)
+    return report(args.episodes, total, quarantine, args.rejects, Checked(), unit="episodes",
+                  extra=[f"video one frame short of the steps (the last step is dropped): {trimmed}"])
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     clip = ClipConfig()
-    parser.add_argument("--manifest", required=True, help="manifest (Parquet or Meta CSV), local or s3://")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--manifest", help="manifest (Parquet or Meta CSV), local or s3://")
+    inputs.add_argument("--episodes", help="robot episode dataset (a directory with episodes.parquet), local or s3://: "
+                                           "every episode's steps, states, length and video are checked")
     parser.add_argument("--rejects", required=True, help="rejects table to write (.parquet, local or s3://)")
     parser.add_argument("--source", default="", help="source name for the records (default: manifest's folder)")
     parser.add_argument("--kind", choices=("video", "image"), default="video",
                         help="image: every row is an image (image suffixes always are, as in Meta's loader)")
     parser.add_argument("--decoder", choices=decode.BACKENDS, default="decord",
                         help="first backend tried (the others follow if it cannot read a file)")
-    parser.add_argument("--frames", type=int, default=clip.frames_per_clip, help="frames in the test clip")
-    parser.add_argument("--fps", type=float, default=clip.fps, help="frame rate the test clip is sampled at")
+    parser.add_argument("--frames", type=int, default=0,
+                        help=f"frames in the test clip (default {clip.frames_per_clip}; --episodes: the clip an "
+                             f"episode must hold, default {EpisodeDataConfig().frames})")
+    parser.add_argument("--fps", type=float, default=0.0,
+                        help=f"frame rate the test clip is sampled at (default {clip.fps:g}; --episodes "
+                             f"{EpisodeDataConfig().fps:g})")
     parser.add_argument("--crop", type=int, default=64, help="crop size of the test clip (small: faster)")
     parser.add_argument("--min-frames", type=int, default=DataConfig().min_frames,
                         help="videos with fewer frames are rejected as too_few_frames")
@@ -160,11 +185,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    if args.episodes:
+        print(validate_episodes(args))
+        log.info("validate-data: %s in %.1f s", args.episodes, time.perf_counter() - t0)
+        return 0
     base = DataConfig()
     cfg = replace(base, decoder=args.decoder, min_frames=args.min_frames, max_image_pixels=args.max_image_pixels,
                   seek_check_frames=args.seek_check_frames,
-                  clip=replace(base.clip, frames_per_clip=args.frames, fps=args.fps, crop_size=args.crop))
-    t0 = time.perf_counter()
+                  clip=replace(base.clip, frames_per_clip=args.frames or base.clip.frames_per_clip,
+                               fps=args.fps or base.clip.fps, crop_size=args.crop))
     total, quarantine, checked = validate(args.manifest, args.rejects, source=args.source, cfg=cfg,
                                           kind=args.kind, workers=args.workers)
     print(report(args.manifest, total, quarantine, args.rejects, checked))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -178,3 +180,32 @@ def test_validation_split_is_deterministic_by_id():
     train, val = split_episodes(infos, 0.2)
     assert len(train) + len(val) == 50 and not {t.episode_id for t in train} & {v.episode_id for v in val}
     assert split_episodes(infos, 0.0)[1] == [] and split_episodes(infos, 1.0)[0] == []
+
+
+def test_validate_data_reports_bad_episodes_by_reason(tmp_path, capsys):
+    """`validate-data --episodes`: every episode through the build's checks, each bad one a reject with
+    its reason; a missing index is the dataset's error (exit 2)."""
+    from cluster.cli import main as cli_main
+    from pipelines.quarantine import read_rejects
+
+    out = str(tmp_path / "ds")
+    schema.begin_dataset(out)
+    frames = np.stack([coded_frame(i, WIDTH, HEIGHT) for i in range(60)])
+    rows = []
+    for name, steps in (("good", 60), ("short", 30), ("nan", 60), ("cut", 60), ("gone", 60)):
+        state = poses(steps)
+        if name == "nan":
+            state[5, 2] = np.nan
+        rows.append(schema.write_episode(out, info(name), state, np.arange(steps) / 25.0, frames[:steps]))
+    schema.encode_video(schema.video_path(out, rows[3]), frames[:40], 25.0)  # 20 frames fewer than its steps
+    Path(schema.steps_uri(out, "gone")).unlink()
+    schema.finish_dataset(out, rows)
+    rejects = tmp_path / "rejects.parquet"
+    assert cli_main(["validate-data", "--episodes", out, "--rejects", str(rejects)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"{out}: 5 episodes, 1 good, 4 bad")
+    table = read_rejects(str(rejects)).to_pylist()
+    assert {r["uri"].rsplit("/", 1)[-1]: r["reason"] for r in table} == {
+        "short.parquet": "episode_too_short", "nan.parquet": "bad_state",
+        "cut.parquet": "video_shorter_than_states", "gone.parquet": "missing"}
+    assert cli_main(["validate-data", "--episodes", str(tmp_path / "none"), "--rejects", str(rejects)]) == 2

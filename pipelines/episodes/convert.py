@@ -42,7 +42,10 @@ from pipelines.episodes.schema import (
     begin_dataset,
     finish_dataset,
     frame_step,
+    read_index,
+    read_steps,
     steps_table,
+    steps_uri,
     video_path,
     write_episode,
 )
@@ -195,6 +198,46 @@ def fit_to_video(steps: EpisodeSteps, video_frames: int) -> tuple[EpisodeSteps, 
     return EpisodeSteps(steps.frame_index[keep], steps.timestamp_s[keep], steps.state[keep], ext), True
 
 
+def check_episode(info: EpisodeInfo, steps: EpisodeSteps, dataset_dir: str, videos: VideoChecks,
+                  options: ConvertOptions, where: str) -> tuple[EpisodeSteps, bool]:
+    """Every check of the module docstring on one episode (``where`` names it in errors): the steps to
+    keep, and whether the video's missing last frame trimmed them; a failed check raises its
+    :class:`SampleError`."""
+    check_states(steps.state)
+    check_rows(steps, where)
+    trimmed = False
+    if options.check_videos:
+        steps, trimmed = fit_to_video(steps, videos.frames(video_path(dataset_dir, info)))
+    check_length(len(steps), info.fps, options)
+    return steps, trimmed
+
+
+def validate_dataset(dataset_dir: str, rejects_out: str, options: ConvertOptions) -> tuple[int, Quarantine, int]:
+    """``vjepa2-ray validate-data --episodes``: every episode of a written dataset through the checks a
+    build applies, plus its steps file being readable (``missing``, ``bad_state``). Returns (episodes,
+    the quarantine with the rejects, episodes whose video is one frame short). An unreadable index is
+    the dataset's error (:class:`EpisodeSchemaError`, exit 2), as an unreadable manifest is."""
+    infos = read_index(dataset_dir)
+    write_rejects([], rejects_out)  # an unwritable --rejects fails now, not after every video was opened
+    quarantine = Quarantine(rejects_out, single_file=True)
+    videos = VideoChecks(options.decoder)
+    trimmed = 0
+    for row, info in enumerate(infos):
+        uri = steps_uri(dataset_dir, info.episode_id)
+        try:
+            if not storage.exists(uri):
+                raise SampleError("missing", "open", f"steps file of episode {info.episode_id!r} not found")
+            try:
+                steps = read_steps(dataset_dir, info.episode_id, info.num_steps)
+            except EpisodeSchemaError as exc:
+                raise SampleError("bad_state", "open", str(exc)) from exc
+            trimmed += check_episode(info, steps, dataset_dir, videos, options, uri)[1]
+        except SampleError as err:
+            quarantine.add(RejectRecord.from_error(err, uri, info.source or "", sample_id=row))
+    quarantine.flush()
+    return len(infos), quarantine, trimmed
+
+
 def convert(episodes: Iterable[tuple[str, Loader]], out: str, source: str, options: ConvertOptions) -> ConvertReport:
     """Check and write every episode of ``episodes`` under ``out``; return (and write) the report."""
     storage.check_writable(out)
@@ -215,14 +258,10 @@ def convert(episodes: Iterable[tuple[str, Loader]], out: str, source: str, optio
             if info.success is False and not options.keep_failures:
                 report.failures_filtered += 1
                 continue
-            check_states(steps.state)
-            check_rows(steps, uri)
-            if options.check_videos:
-                steps, trimmed = fit_to_video(steps, videos.frames(video_path(out, info)))
-                if trimmed:
-                    log.info("%s: the video is one frame short of the steps; its last step is dropped", uri)
-                    report.trimmed_last_frame += 1
-            check_length(len(steps), info.fps, options)
+            steps, trimmed = check_episode(info, steps, out, videos, options, uri)
+            if trimmed:
+                log.info("%s: the video is one frame short of the steps; its last step is dropped", uri)
+                report.trimmed_last_frame += 1
         except SampleError as err:
             quarantine.add(RejectRecord.from_error(err, uri, source))
             continue
