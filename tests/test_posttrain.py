@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from configs import preset_path
 from core.config import load_config
+from core.tracking import local_store_uri
 from models.ac_predictor import ACPredictor
 from models.build import build_encoder, load_model_preset
 from models.checkpoint import load_meta_checkpoint, load_predictor, load_state
@@ -24,9 +27,10 @@ from pipelines.episodes.actions import actions_from_states
 from pipelines.episodes.cache import CacheConfig, build_feature_cache, clip_tokens, to_float
 from pipelines.episodes.clips import EpisodeDataConfig, EpisodeSet, iter_local_batches, read_frames
 from pipelines.episodes.schema import read_steps, video_path
-from train.ac_loss import ACLossConfig, ac_loss, predict, rollout, rollout_errors
+from train.ac_loss import ACLossConfig, ac_loss, next_frame_errors, predict, rollout, rollout_errors
 from train.posttrain import final_quality, posttrain
 from train.posttrain_config import PosttrainConfig
+from train.posttrain_pictures import CURSOR, EpisodeTrace, draw
 from train.posttrain_recipe import quality
 
 CROP = 64
@@ -135,6 +139,43 @@ def test_a_predictor_that_learned_nothing_fails_the_quality_bar(robot):
     assert verdict["passed"] is False and verdict["step"] == 5
 
 
+def test_per_frame_errors_predict_each_frame_from_a_clip_long_window():
+    torch.manual_seed(0)
+    model = load_model_preset("tiny-ac")
+    predictor = ACPredictor(model.ac_predictor, replace(model.encoder, img_size=CROP)).eval()
+    z = F.layer_norm(torch.randn(1, 9, 16, 192), (192,))
+    actions, states = torch.randn(1, 8, 7), torch.randn(1, 9, 7)
+    errors = next_frame_errors(predictor, z, actions, states, context=3)
+    assert errors.shape == (8,)
+    direct = predict(predictor, z[:, 5:8], actions[:, 5:8], states[:, 5:8])[:, -1]
+    assert errors[7].item() == pytest.approx((direct - z[:, 8]).abs().mean().item(), rel=1e-5)
+    far = z.clone()
+    far[:, :4] = 0  # frames older than the window of frame 8 (and of 7)
+    changed = next_frame_errors(predictor, far, actions, states, context=3)
+    assert torch.allclose(changed[6:], errors[6:]) and not torch.allclose(changed[:3], errors[:3])
+
+
+def test_pictures_are_a_curve_plot_and_one_gif_per_episode_with_a_moving_cursor(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (10, 64, 64, 3), dtype=np.uint8)
+    states = np.cumsum(rng.normal(0, 0.02, (10, 7)), 0)
+    errors = {"predictor": rng.random(9), "copy": rng.random(9)}
+    history = {s: {f"val_{p}l1_{h}": rng.random() for p in ("", "copy_", "shuffled_") for h in ("1step", "2step")}
+               for s in (2, 4)}
+    files = draw(history, [EpisodeTrace("ep-a", frames, states, np.diff(states, axis=0), errors)], 4, tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["l1_curves.png", "step_000004/ep-a.gif"]
+    assert Image.open(files[0]).size[0] > 500
+    cursor_columns = []
+    with Image.open(files[1]) as gif:
+        assert gif.n_frames == 10 and gif.info["loop"] == 0
+        for t in range(gif.n_frames):
+            gif.seek(t)
+            rgb = np.asarray(gif.convert("RGB")).astype(int)
+            red = (np.abs(rgb - np.array(CURSOR)).sum(-1) < 30).sum(0)  # cursor pixels per column
+            cursor_columns.append(int(red.argmax()))
+    assert all(b > a for a, b in zip(cursor_columns, cursor_columns[1:]))  # the cursor walks right, frame by frame
+
+
 def test_feature_cache_gives_the_tokens_and_loss_of_encoding_on_the_fly(robot, ray_session, tmp_path):
     cfg = data_config(robot)
     root = str(tmp_path / "cache")
@@ -193,3 +234,13 @@ def test_posttrain_resumes_and_exports_metas_ac_layout(robot, ray_session, runs_
     assert quality_file["step"] == 4 and isinstance(quality_file["passed"], bool)
     assert {"val_l1_1step", "val_copy_l1_2step", "val_gain_vs_shuffled_1step"} <= set(quality_file)
     assert Path(result.output_dir, "latest.pt").resolve() == Path(result.export_path).resolve()
+
+    pictures = Path(result.output_dir, "pictures")  # drawn at every validation, 3 held-out episodes each
+    gifs = sorted(p.name for p in (pictures / "step_000004").glob("*.gif"))
+    assert len(gifs) == 3 and (pictures / "step_000002").is_dir() and (pictures / "l1_curves.png").stat().st_size
+    with Image.open(pictures / "step_000004" / gifs[0]) as gif:
+        assert gif.n_frames == 26  # 101 recorded steps, every 4th
+    client = MlflowClient(local_store_uri(runs_root))
+    logged = {a.path for a in client.list_artifacts(result.mlflow_run_id, "pictures/step_000004")}
+    assert logged == {f"pictures/step_000004/{name}" for name in gifs}
+    assert "pictures/l1_curves.png" in {a.path for a in client.list_artifacts(result.mlflow_run_id, "pictures")}

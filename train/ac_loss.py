@@ -83,3 +83,16 @@ def rollout_errors(predictor: nn.Module, z: Tensor, actions: Tensor, states: Ten
     out["copy_l1_1step"] = (z[:, :-1] - z[:, 1:]).abs().mean()
     out["copy_l1_2step"] = (z[:, :-2] - z[:, 2:]).abs().mean()
     return out
+
+
+@torch.no_grad()
+def next_frame_errors(predictor: nn.Module, z: Tensor, actions: Tensor, states: Tensor, context: int) -> Tensor:
+    """Per-frame 1-step L1 along one long sequence ``z [1, n, tokens, D]`` (an episode, not a clip): frame t
+    predicted from the at most ``context`` frames before it (teacher forcing over a window as long as a
+    training clip's, so positions never exceed what training saw) -> ``[n - 1]``, entry t - 1 for frame t."""
+    errors = []
+    for t in range(1, z.size(1)):
+        start = max(0, t - context)
+        pred = predict(predictor, z[:, start:t], actions[:, start:t], states[:, start:t])[:, -1]
+        errors.append((pred - z[:, t]).abs().mean())
+    return torch.stack(errors)

@@ -9,18 +9,37 @@ datasets to Ray Train as callables, so each (re)started worker group streams fro
 from __future__ import annotations
 
 import json
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core import storage
 from core.errors import UserError
+from train.config import TrainerConfig
 from train.fsdp import backend
 from train.loop import TRAIN, VAL, TrainData, TrainJob, ValData, train_loop_per_worker
 from train.state import latest_checkpoint, link_latest, newest_complete_checkpoint, ray_checkpoint, read_record
 
+log = logging.getLogger(__name__)
+
 LATEST = "latest.pt"  # Meta's name; here a link to the newest export
 CHECKPOINTS = "checkpoints"  # Ray Train run name: checkpoints live in <output_dir>/checkpoints/
+
+
+def aligned_decode_batch(trainer: TrainerConfig, block: int) -> int:
+    """The decode block size (``block`` rows asked for) to use: Ray Train deals the stream's blocks to the
+    workers in turn, so with several workers each step consumes exactly its share of samples only if every
+    micro-batch is made of whole blocks; otherwise a checkpoint's sample count would not be the prefix of
+    the stream that was trained on, and a resume would repeat some samples and skip others."""
+    per_worker = trainer.batch_size_per_worker
+    if trainer.num_workers <= 1 or per_worker % block == 0:
+        return block
+    aligned = math.gcd(per_worker, block)
+    log.info("decode_batch_size %d -> %d so that whole blocks make up each worker's batch of %d",
+             block, aligned, per_worker)
+    return aligned
 
 
 @dataclass

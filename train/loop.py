@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch.distributed as dist
@@ -49,6 +50,7 @@ from train.step_log import StepLog
 log = logging.getLogger(__name__)
 
 TRAIN, VAL = "train", "val"  # Ray Train dataset names
+PICTURES = "pictures"  # where the recipe's pictures go: MLflow artifacts and <output_dir>/pictures
 
 
 @dataclass
@@ -195,6 +197,17 @@ class Worker:
         metrics["val_seconds"] = time.perf_counter() - began
         return metrics
 
+    def log_pictures(self, run: Any) -> None:
+        """Rank 0: the recipe's pictures of this validation, as MLflow artifacts under ``pictures/`` and
+        as files under ``<output_dir>/pictures``."""
+        with tempfile.TemporaryDirectory(prefix="pictures-") as tmp:
+            root = Path(tmp)
+            for path in self.recipe.pictures(root):
+                relative = path.relative_to(root)
+                run.log_artifact(path, str(PurePosixPath(PICTURES, relative.parent.as_posix())))
+                storage.write_bytes(storage.join(self.recipe.run.output_dir, PICTURES, relative.as_posix()),
+                                    path.read_bytes())
+
     # ---- checkpoint ----------------------------------------------------------------------------------
     def checkpoint(self, loss: float, extra: dict[str, float]) -> str:
         """Save this rank's shards and report them to Ray Train (all ranks, same directory name)."""
@@ -286,6 +299,8 @@ class Worker:
                     run.log_metrics(val, step=self.state.step)
                     log.info("step %d/%d val_loss %.4f (%d clips, %.1f s)", self.state.step, stop, val["val_loss"],
                              val["val_clips"], val["val_seconds"])
+                    if self.rank == 0:
+                        self.log_pictures(run)
                 if self.state.step % trainer.checkpoint_every == 0 or last:
                     step_log.sync()
                     checkpoints.append(self.checkpoint(out.loss, val))

@@ -35,7 +35,15 @@ from pipelines.dataset import train_data_config
 from pipelines.episodes.cache import build_feature_cache, default_dir, identity
 from pipelines.episodes.clips import EpisodeSet
 from pipelines.episodes.schema import INDEX_FILE, read_index
-from train.launch import CHECKPOINTS, TrainResult, build_trainer, export_newest, log_checkpoint, print_result
+from train.launch import (
+    CHECKPOINTS,
+    TrainResult,
+    aligned_decode_batch,
+    build_trainer,
+    export_newest,
+    log_checkpoint,
+    print_result,
+)
 from train.loop import TrainJob
 from train.optim import plan_batch
 from train.posttrain_config import PosttrainConfig
@@ -59,6 +67,7 @@ def resolve(cfg: PosttrainConfig) -> PosttrainConfig:
     output_dir = storage.absolute(cfg.run.output_dir) or str(runs_root() / cfg.run.name)
     warn_if_lost(output_dir, "run.output_dir (checkpoints, exports)")
     data = replace(cfg.data, dataset=storage.data_path(cfg.data.dataset, root),
+                   decode_batch_size=aligned_decode_batch(cfg.trainer, cfg.data.decode_batch_size),
                    rejects_dir=storage.absolute(cfg.data.rejects_dir) or storage.join(output_dir, "rejects"))
     encoder = replace(cfg.encoder, checkpoint=storage.data_path(cfg.encoder.checkpoint, root))
     model = replace(cfg.model, encoder=frame_geometry(encoder, cfg.model.encoder, data.crop_size))

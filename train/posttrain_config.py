@@ -37,7 +37,8 @@ class QualityConfig:
     the same predictor fed shuffled actions, plus pictures of a few held-out episodes."""
 
     min_gain_vs_shuffled: float = 0.10  # the issue's bar: shuffled actions must cost >= 10 % relative L1
-    gif_episodes: int = 3  # episodes drawn as GIFs with their state and action traces (0: none)
+    gif_episodes: int = 3  # held-out episodes drawn as GIFs at each validation (train/posttrain_pictures.py; 0: none)
+    gif_frames: int = 32  # clip frames per GIF, from the episode's start (32 at 4 fps: 8 s)
 
 
 @dataclass

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -24,11 +26,13 @@ from models.ac_predictor import ACPredictor
 from models.checkpoint import load_meta_checkpoint, load_state
 from models.frozen import FrozenEncoder, build_frozen_encoder
 from pipelines.episodes.cache import FeatureCache, clip_tokens, to_float
-from pipelines.episodes.clips import EpisodeSet, build_episode_dataset
-from train.ac_loss import ac_loss, rollout_errors
+from pipelines.episodes.clips import EpisodeClipDecoder, EpisodeSet, build_episode_dataset
+from pipelines.quarantine import SampleError
+from train.ac_loss import ac_loss, next_frame_errors, rollout_errors
 from train.fsdp import autocast, data_parallel_mesh, no_gradient_sync, parallelize
 from train.optim import build_optimizer, set_hyperparams
 from train.posttrain_config import PosttrainConfig
+from train.posttrain_pictures import EpisodeTrace, draw
 from train.recipe import ConfigRecipe, StepResult
 from train.schedules import Schedules, build_schedules
 from train.state import check_compatible
@@ -95,7 +99,10 @@ class PosttrainRecipe(ConfigRecipe):
             load_state(model.predictor, ckpt.state("predictor"), "predictor", ckpt.path)
             log.info("initialised the AC predictor from %s (Meta layout; fresh optimizer)", ckpt.path)
         model.to(self.device)
-        parallelize(model, model.predictor.predictor_blocks, trainer, data_parallel_mesh(self.device), dtype=self.dtype)
+        # The predictor is the FSDP2 root, not the ACModel around it: the loss calls the predictor (and
+        # rollouts call it repeatedly), and a root's unshard hooks run only when the root itself is called.
+        parallelize(model.predictor, model.predictor.predictor_blocks, trainer, data_parallel_mesh(self.device),
+                    dtype=self.dtype)
         self.model = model
         self.optimizer = build_optimizer({"predictor": model.predictor}, cfg.optim)
         self.schedules: Schedules = build_schedules(cfg.optim, self.plan.lr_scale)
@@ -106,6 +113,7 @@ class PosttrainRecipe(ConfigRecipe):
         enc = cfg.model.encoder
         self.token_shape = ((enc.img_size // enc.patch_size) ** 2, enc.embed_dim)
         self.history: dict[int, dict[str, float]] = {}  # validation metrics by the step they follow
+        self.traces: list[EpisodeTrace] = []  # the last validation's pictured episodes
         self.steps_done = 0
 
     def check_compatible(self, record: dict[str, Any], where: str) -> None:
@@ -134,7 +142,7 @@ class PosttrainRecipe(ConfigRecipe):
         accum = self.plan.grad_accum
         for i in range(accum):
             z, actions, states = self.inputs(next(micro_batches))
-            with no_gradient_sync(self.model, enabled=i < accum - 1), autocast(self.dtype, self.device):
+            with no_gradient_sync(self.model.predictor, enabled=i < accum - 1), autocast(self.dtype, self.device):
                 forced, rolled = ac_loss(self.model.predictor, z, actions, states, self.cfg.loss)
                 ((forced + rolled) / accum).backward()
             totals += torch.stack([forced + rolled, forced, rolled]).detach().double().cpu()
@@ -164,7 +172,44 @@ class PosttrainRecipe(ConfigRecipe):
         metrics = {f"val_{k}": v for k, v in {**means, **quality(means)}.items()}
         metrics["val_clips"] = clips
         self.history[self.steps_done] = metrics
+        self.traces = self.trace_episodes()
         return metrics
+
+    @torch.no_grad()
+    def trace_episodes(self) -> list[EpisodeTrace]:
+        """The first ``quality.gif_episodes`` held-out episodes from their start, with the per-frame 1-step
+        L1 of the predictor, of copying the last frame and of the predictor fed the next episode's actions.
+        Every rank runs it (a sharded predictor needs all ranks in each forward); rank 0 draws. A broken
+        episode is left out of the pictures (validation quarantines it)."""
+        count, frames = self.cfg.quality.gif_episodes, self.cfg.quality.gif_frames
+        if count <= 0:
+            return []
+        decoder = EpisodeClipDecoder(self.cfg.data, self.episodes("val"))
+        samples = []
+        for index in range(min(count, len(decoder.set))):
+            try:
+                samples.append(decoder.episode_start(index, frames))
+            except SampleError as err:
+                log.warning("pictures: held-out episode %s left out: %s", decoder.set.episodes[index].episode_id, err)
+        traces = []
+        for i, sample in enumerate(samples):
+            batch = {name: torch.as_tensor(sample[name])[None] for name in ("clip", "tokens", "states", "actions")
+                     if name in sample}
+            z, actions, states = self.inputs(batch)
+            others = samples[(i + 1) % len(samples)]["actions"]
+            shuffled = torch.as_tensor(np.resize(others, sample["actions"].shape))[None].to(self.device)
+            context = self.cfg.data.frames - 1
+            with autocast(self.dtype, self.device):
+                errors = {"predictor": next_frame_errors(self.model.predictor, z, actions, states, context),
+                          "copy": (z[:, :-1] - z[:, 1:]).abs().mean((0, 2, 3))}
+                if len(samples) > 1:
+                    errors["shuffled"] = next_frame_errors(self.model.predictor, z, shuffled, states, context)
+            traces.append(EpisodeTrace(sample["episode_id"], sample["pixels"], sample["states"], sample["actions"],
+                                       {k: v.float().cpu().numpy() for k, v in errors.items()}))
+        return traces
+
+    def pictures(self, out: Path) -> list[Path]:
+        return draw(self.history, self.traces, self.steps_done, out)
 
     def summary(self) -> dict[str, Any]:
         return {"validations": self.history}

@@ -19,7 +19,6 @@ each rank's step log (``log_r<rank>.csv``), as Meta's runs do; MLflow gets the e
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from train.config import PretrainConfig
 from train.launch import (
     CHECKPOINTS,
     TrainResult,
+    aligned_decode_batch,
     build_trainer,
     existing_checkpoint,
     export_newest,
@@ -69,25 +69,12 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     warn_if_lost(output_dir, "run.output_dir (checkpoints, exports)")
     sources = {name: replace(src, manifest=storage.data_path(src.manifest, root))
                for name, src in cfg.data.sources.items()}
-    data = replace(cfg.data, sources=sources, decode_batch_size=aligned_decode_batch(cfg),
+    data = replace(cfg.data, sources=sources,
+                   decode_batch_size=aligned_decode_batch(cfg.trainer, cfg.data.decode_batch_size),
                    rejects_dir=storage.absolute(cfg.data.rejects_dir) or storage.join(output_dir, "rejects"))
     tracking = replace(cfg.tracking, tracking_uri=resolve_uri(cfg.tracking) if cfg.tracking.enabled else "")
     run = replace(cfg.run, output_dir=output_dir, init_checkpoint=storage.data_path(cfg.run.init_checkpoint, root))
     return replace(cfg, data_root=root, run=run, data=data, tracking=tracking)
-
-
-def aligned_decode_batch(cfg: PretrainConfig) -> int:
-    """Ray Train deals the stream's blocks (``data.decode_batch_size`` rows each) to the workers in turn.
-    With several workers, each step consumes exactly its share of samples only if every micro-batch is
-    made of whole blocks; otherwise a checkpoint's sample count would not be the prefix of the stream
-    that was trained on, and a resume would repeat some samples and skip others."""
-    per_worker, block = cfg.trainer.batch_size_per_worker, cfg.data.decode_batch_size
-    if cfg.trainer.num_workers <= 1 or per_worker % block == 0:
-        return block
-    aligned = math.gcd(per_worker, block)
-    log.info("data.decode_batch_size %d -> %d so that whole blocks make up each worker's batch of %d",
-             block, aligned, per_worker)
-    return aligned
 
 
 def init_record(init: str) -> dict[str, Any]:

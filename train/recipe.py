@@ -15,6 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,6 +101,13 @@ class Recipe(ABC):
     def validate(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
         """Metrics over the collated held-out batches, averaged over ranks; must include ``val_loss``."""
         raise NotImplementedError(f"{type(self).__name__} has no validation step")
+
+    def pictures(self, out: Path) -> list[Path]:
+        """Rank 0, after each validation: files (plots, GIFs) written under ``out`` that the loop logs as
+        MLflow artifacts under ``pictures/`` (their paths relative to ``out``) and copies to
+        ``<output_dir>/pictures``. Must not run the model (the other ranks do not join): compute what
+        is drawn in :meth:`validate`."""
+        return []
 
     def summary(self) -> dict[str, Any]:
         """What the recipe adds to rank 0's return value (e.g. per-step curves of its own metrics)."""

@@ -174,6 +174,11 @@ class EpisodeClipDecoder:
             return self.cache.read(info.episode_id, window.steps)
         return read_frames(video_path(self.cfg.dataset, info), steps.frame_index[window.steps], self.cfg)
 
+    def row(self, info: EpisodeInfo, steps: EpisodeSteps, window: Window, first: np.ndarray) -> dict[str, Any]:
+        states = steps.state[window.steps].astype(np.float32)
+        return {"tokens" if self.cache is not None else "clip": first, "states": states,
+                "actions": actions_from_states(states).astype(np.float32), "episode": window.episode}
+
     def sample(self, sample_id: int) -> dict[str, Any] | None:
         """One sample with its redraws; None (recorded) if every attempt failed."""
         for attempt in range(self.cfg.max_redraws + 1):
@@ -185,13 +190,22 @@ class EpisodeClipDecoder:
             except SampleError as err:
                 self.quarantine.add(RejectRecord.from_error(err, info.video_uri, info.episode_id, sample_id))
                 continue
-            states = steps.state[window.steps].astype(np.float32)
-            return {"tokens" if self.cache is not None else "clip": first, "states": states,
-                    "actions": actions_from_states(states).astype(np.float32), "episode": window.episode,
-                    "sample_id": sample_id, "redraws": attempt}
+            return {**self.row(info, steps, window, first), "sample_id": sample_id, "redraws": attempt}
         self.quarantine.add(RejectRecord("", self.cfg.dataset, "redraws_exhausted", "sample",
                                          f"{self.cfg.max_redraws} redraws failed", sample_id))
         return None
+
+    def episode_start(self, index: int, frames: int) -> dict[str, Any]:
+        """Episode ``index`` from its start: the clip frames at recorded steps 0, step, 2 step, ... (at most
+        ``frames``), as a sample plus its decoded ``pixels`` (decoded with a cache too), for pictures.
+        Raises :class:`SampleError` for a broken episode."""
+        info = self.set.episodes[index]
+        step = int(self.set.steps_per_frame[index])
+        window = Window(index, np.arange(0, min(frames * step, int(self.set.num_steps[index])), step), 0)
+        steps = self.steps(info)
+        pixels = read_frames(video_path(self.cfg.dataset, info), steps.frame_index[window.steps], self.cfg)
+        first = self.cache.read(info.episode_id, window.steps) if self.cache is not None else pixels
+        return {**self.row(info, steps, window, first), "pixels": pixels, "episode_id": info.episode_id}
 
     def empty(self) -> dict[str, np.ndarray]:
         """A block of no samples, with the columns and dtypes of a full one (Ray concatenates blocks)."""
