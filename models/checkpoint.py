@@ -172,6 +172,11 @@ def save_meta_checkpoint(path: str | Path, encoder_sd: StateDict, predictor_sd: 
     data.update(extra or {})
     if model_cfg is not None:
         data[ARCH_KEY] = {"format": FORMAT_VERSION, "model_cfg": to_dict(model_cfg)}
+    write_torch(path, data)
+
+
+def write_torch(path: str | Path, data: dict[str, Any]) -> None:
+    """``torch.save`` to a local path (atomic: temp file + rename) or an ``s3://`` URI."""
     path = str(path)
     if storage.is_s3(path):
         buffer = io.BytesIO()
@@ -183,6 +188,42 @@ def save_meta_checkpoint(path: str | Path, encoder_sd: StateDict, predictor_sd: 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     torch.save(data, tmp)
     os.replace(tmp, target)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Probe files: Meta's ``evals/video_classification_frozen`` save ``{"classifiers": [state dict per head],
+# "opt", "scaler", "epoch", ...}`` with ``module.``-prefixed keys (DDP); its demo uses ``classifiers[0]``
+# (docs/reference.md R-vjepa2-9.2).
+
+PROBE_KEY = "classifiers"
+
+
+def save_probe_checkpoint(path: str | Path, heads: list[nn.Module], extra: dict[str, Any] | None = None,
+                          key_prefix: str = "module.") -> None:
+    """Write ``heads`` (each an attentive classifier) as Meta's probe file; ``extra`` at top level."""
+    if PROBE_KEY in (extra or {}):
+        raise ValueError(f"extra key {PROBE_KEY!r} would overwrite the heads")
+    heads_sd = [{key_prefix + k: v for k, v in _tensors(head.state_dict()).items()} for head in heads]
+    write_torch(path, {PROBE_KEY: heads_sd, **(extra or {})})
+
+
+def load_probe_checkpoint(path: str | Path, heads: list[nn.Module]) -> dict[str, Any]:
+    """Load a probe file (Meta's or ours) strictly into ``heads``, one state dict each, and return its
+    other entries. A file that is no probe file, holds another number of heads, or heads of another
+    width or class count is a CheckpointError naming the file and the field."""
+    path = str(path)
+    data = read_checkpoint(path)
+    stored = data.get(PROBE_KEY)
+    if not isinstance(stored, list | tuple) or not stored:
+        raise CheckpointError(f"{path}: no '{PROBE_KEY}' list of head state dicts: not a probe file")
+    if len(stored) != len(heads):
+        raise CheckpointError(f"{path}: '{PROBE_KEY}' holds {len(stored)} heads, the probe is configured with "
+                              f"{len(heads)}")
+    for i, (head, sd) in enumerate(zip(heads, stored, strict=True)):
+        if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+            raise CheckpointError(f"{path}: '{PROBE_KEY}[{i}]' is not a state dict of tensors")
+        load_state(head, strip_prefixes(sd), f"{PROBE_KEY}[{i}]", path)
+    return {k: v for k, v in data.items() if k != PROBE_KEY}
 
 
 def resolve_model_cfg(ckpt: MetaCheckpoint, preset: str | None = None) -> ModelConfig:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from transformers import VJEPA2Config
 from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler
 
+from models.checkpoint import CheckpointError, load_probe_checkpoint, save_probe_checkpoint
 from models.probe import AttentiveClassifier, AttentivePooler
 
 
@@ -73,3 +75,51 @@ def test_residual_rescale_of_pooler_blocks() -> None:
     assert abs(fc2.std().item() / (0.02 / math.sqrt(6)) - 1) < 0.03
     shallow = AttentivePooler(embed_dim=256, num_heads=4, depth=1)
     assert abs(shallow.cross_attention_block.mlp.fc2.weight.std().item() / (0.02 / math.sqrt(2)) - 1) < 0.03
+
+
+def _heads(count: int, classes: int = 5, dim: int = 32, seed: int = 0) -> list[AttentiveClassifier]:
+    torch.manual_seed(seed)
+    return [AttentiveClassifier(embed_dim=dim, num_heads=2, num_classes=classes, depth=2).eval() for _ in range(count)]
+
+
+def test_probe_file_round_trips_in_metas_layout(tmp_path) -> None:
+    heads, path = _heads(3), tmp_path / "probe.pt"
+    save_probe_checkpoint(path, heads, extra={"epoch": 20, "labels": ["a", "b", "c", "d", "e"]})
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert len(raw["classifiers"]) == 3 and raw["epoch"] == 20
+    assert all(k.startswith("module.") for sd in raw["classifiers"] for k in sd)
+    fresh = _heads(3, seed=1)
+    extra = load_probe_checkpoint(path, fresh)
+    assert extra == {"epoch": 20, "labels": ["a", "b", "c", "d", "e"]}
+    tokens = torch.randn(2, 12, 32)
+    with torch.no_grad():
+        for ours, loaded in zip(heads, fresh):
+            assert torch.equal(ours(tokens), loaded(tokens))
+
+
+def test_a_file_shaped_like_metas_release_loads_strictly(tmp_path) -> None:
+    """Meta's eval saves DDP-prefixed heads plus its optimizer state (docs/reference.md R-vjepa2-9.2)."""
+    head = _heads(1)[0]
+    meta = {"classifiers": [{f"module.{k}": v for k, v in head.state_dict().items()}],
+            "opt": [{"state": {}, "param_groups": []}], "scaler": None, "epoch": 20, "batch_size": 4,
+            "world_size": 64, "lr": 0.005}
+    torch.save(meta, tmp_path / "ssv2-vitl-16x2x3.pt")
+    loaded = _heads(1, seed=3)
+    assert load_probe_checkpoint(tmp_path / "ssv2-vitl-16x2x3.pt", loaded)["epoch"] == 20
+    tokens = torch.randn(1, 8, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded[0](tokens), head(tokens))
+
+
+def test_probe_files_that_do_not_fit_name_the_file_and_field(tmp_path) -> None:
+    path = tmp_path / "probe.pt"
+    save_probe_checkpoint(path, _heads(2))
+    with pytest.raises(CheckpointError, match=r"probe.pt: 'classifiers' holds 2 heads, the probe is configured with 3"):
+        load_probe_checkpoint(path, _heads(3))
+    with pytest.raises(CheckpointError, match=r"'classifiers\[0\]' does not fit.*linear.weight \(5, 32\) != \(7, 32\)"):
+        load_probe_checkpoint(path, _heads(2, classes=7))
+    with pytest.raises(CheckpointError, match=r"'classifiers\[0\]' does not fit.*wrong shapes"):
+        load_probe_checkpoint(path, _heads(2, dim=64))
+    torch.save({"encoder": {}}, tmp_path / "encoder.pt")
+    with pytest.raises(CheckpointError, match=r"encoder.pt: no 'classifiers' list.*not a probe file"):
+        load_probe_checkpoint(tmp_path / "encoder.pt", _heads(1))

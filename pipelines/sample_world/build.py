@@ -45,6 +45,7 @@ from pipelines.sample_world.plan import (
     VideoSpec,
     plan_world,
 )
+from pipelines.sample_world.probe_sets import PROBES_DIR
 from pipelines.sample_world.render import (
     FOOTAGE_CUTS,
     MOTIONS,
@@ -207,7 +208,7 @@ def prepare_out(out: Path) -> None:
             raise UserError(f"--out {out}: directory is not empty and holds no sample world; "
                             "choose a new or empty directory")
         log.info("replacing the sample world in %s", out)
-        for name in ("sources", "targets", ROBOT_DIR):
+        for name in ("sources", "targets", ROBOT_DIR, PROBES_DIR):
             shutil.rmtree(out / name, ignore_errors=True)
         (out / WORLD_JSON).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,16 +257,42 @@ def add_robot_part(out: Path, seed: int, world: dict) -> dict:
     return world
 
 
-def build_sample_world(out: Path, seed: int = 0, force: bool = False, robot: bool = True) -> dict:
+def add_parts(out: Path, seed: int, world: dict, robot: bool, probes: bool) -> dict:
+    if robot:
+        world = add_robot_part(out, seed, world)
+    return add_probe_part(out, seed, world) if probes else world
+
+
+def add_probe_part(out: Path, seed: int, world: dict) -> dict:
+    """The labelled probe sets (``<out>/probes``, :mod:`pipelines.sample_world.probe_sets`), built unless
+    ``world.json`` records them for this seed with their manifests present."""
+    recorded = world.get("probes") or {}
+    if recorded.get("seed") == seed and all((Path(v["dir"]) / "val.parquet").is_file()
+                                            for v in recorded.get("sets", {}).values()):
+        return world
+    from pipelines.sample_world.probe_sets import build_probe_sets
+
+    started = time.perf_counter()
+    sets = build_probe_sets(out, seed)
+    world = {**world, "probes": {"seed": seed, "sets": sets}}
+    (out / WORLD_JSON).write_text(json.dumps(world, indent=1, sort_keys=True) + "\n")
+    log.info("%-22s %3d clips %.1f s", PROBES_DIR, sum(v["train"] + v["val"] for v in sets.values()),
+             time.perf_counter() - started)
+    return world
+
+
+def build_sample_world(out: Path, seed: int = 0, force: bool = False, robot: bool = True,
+                       probes: bool = False) -> dict:
     """Build the world into ``out`` (unless an identical one is there and not ``force``), with its robot
-    part unless ``robot`` is False; return its ``world.json`` content."""
+    part unless ``robot`` is False and its labelled probe sets if ``probes``; return its ``world.json``
+    content."""
     out = Path(out).expanduser().resolve()
     started = time.perf_counter()
     specs, duplicates = plan_world(seed)
     digest = plan_digest(specs, duplicates)
     if not force and (world := existing_world(out, seed, digest)) is not None:
         log.info("sample world in %s is up to date (seed %d); nothing to build (--force rebuilds)", out, seed)
-        return add_robot_part(out, seed, world) if robot else world
+        return add_parts(out, seed, world, robot, probes)
     prepare_out(out)
     built: list[Built] = []
     content_of: dict[str, list[str]] = {}
@@ -279,8 +306,7 @@ def build_sample_world(out: Path, seed: int = 0, force: bool = False, robot: boo
         log.info("%-22s %3d files  %.1f s", folder, len(todo), time.perf_counter() - folder_started)
     world = {**ground_truth(out, seed, built, duplicates, write_manifests(out, built)), "plan_digest": digest}
     (out / WORLD_JSON).write_text(json.dumps(world, indent=1, sort_keys=True) + "\n")
-    if robot:
-        world = add_robot_part(out, seed, world)
+    world = add_parts(out, seed, world, robot, probes)
     size_mb = sum(b.info.bytes for b in built) / 1e6
     log.info("sample world: %d files, %.1f MB in %s (%.1f s)", len(built), size_mb, out,
              time.perf_counter() - started)
@@ -293,6 +319,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> same bytes)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even when an identical world (same plan, seed, library versions) is there")
+    parser.add_argument("--probes", action="store_true",
+                        help="add the labelled probe sets (probes/: motion, appearance; 1,800 clips, ~1 min)")
     parser.add_argument("--no-robot", action="store_true",
                         help="leave out the robot part (robot/: simulated Franka episodes, ~40 s on 2 cores)")
 
@@ -301,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
     from core.redact import setup_logging
 
     setup_logging()
-    build_sample_world(args.out, args.seed, force=args.force, robot=not args.no_robot)
+    build_sample_world(args.out, args.seed, force=args.force, robot=not args.no_robot, probes=args.probes)
     return 0
 
 
