@@ -94,3 +94,21 @@ class AttentiveClassifier(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.linear(self.pooler(tokens).squeeze(1))
+
+
+class ProbeBank(nn.Module):
+    """``count`` attentive classifiers over the same frozen tokens: ``[B, N, D]`` -> logits
+    ``[count, B, num_classes]``. Meta's eval trains one probe per (lr, wd) pair of a grid (20) at once, so
+    one encoder forward per batch serves them all (docs/reference.md R-vjepa2-8.2). The heads are
+    independent (own init, own optimizer group); ``classifiers`` is the list Meta's probe files store."""
+
+    def __init__(self, count: int, embed_dim: int, num_heads: int, num_classes: int, depth: int = 4,
+                 mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if count < 1:
+            raise ValueError(f"a probe bank needs at least one head, got {count}")
+        self.classifiers = nn.ModuleList(
+            AttentiveClassifier(embed_dim, num_heads, num_classes, depth, mlp_ratio) for _ in range(count))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return torch.stack([head(tokens) for head in self.classifiers])

@@ -9,6 +9,17 @@
 - ``epickitchens``: ``EPIC_100_train/validation.csv``; one row per narrated segment with its
   ``start_s``/``end_s`` scene bounds; videos ``<root>/<participant>/videos/<video_id>.MP4``
 - ``imagenet``: class folders ``<root>/<wnid>/*.JPEG``, label = index of the sorted class folder
+- ``diving48``: ``Diving48_V2_train/test.json`` (``vid_name``, ``label``) + ``Diving48_vocab.json`` (the
+  class of each label: takeoff, somersault, twist, flight); videos ``<root>/<vid_name>.mp4``
+- ``jester``: ``jester-v1-train/validation.csv`` (``<id>;<class name>``, no header; the test list has ids
+  only) + ``jester-v1-labels.csv`` (class names, label = line number); videos ``<root>/<id>.<ext>``
+  (Jester ships JPEG frame folders: transcode them to videos first)
+- ``coin``: ``COIN.json`` (``database`` -> video id -> ``recipe_type``, ``class``, ``subset``), one split
+  by ``--subset`` (``training`` / ``testing``), label = ``recipe_type`` (the 180 tasks); videos
+  ``<root>/<video id>.<ext>``
+
+``--labels-out FILE`` also writes the label map, the class names by label index as a JSON list, for
+every dataset whose index files name the classes (not howto100m, epickitchens).
 
 Index files and media roots may be local or ``s3://``. ``--probe`` opens every file to fill
 ``duration_s``/``fps``/``num_frames``/``bytes`` (otherwise they stay null, which the pipeline accepts);
@@ -87,7 +98,7 @@ def ssv2(index: str, labels: str, root: str) -> pa.Table:
                 raise ManifestError(f"{index}: entry {number} (id {entry['id']}): template {name!r} not in {labels}")
             ids.append(label_map[name])
         uris.append(storage.join(root, f"{entry['id']}.webm"))
-    return _table(uris, ids)
+    return with_label_names(_table(uris, ids), sorted(label_map, key=label_map.__getitem__))
 
 
 def kinetics(index: str, root: str, layout: str = "flat", classes: list[str] | None = None) -> pa.Table:
@@ -106,7 +117,7 @@ def kinetics(index: str, root: str, layout: str = "flat", classes: list[str] | N
             raise ManifestError(f"{index}: line {number}: class {label!r} not in the given class list")
         uris.append(storage.join(root, label, name) if layout == "by_label" and label else storage.join(root, name))
         labels.append(label_of[label] if label else -1)
-    return _table(uris, labels)
+    return with_label_names(_table(uris, labels), names)
 
 
 def howto100m(index: str, root: str, ext: str = "mp4") -> pa.Table:
@@ -159,7 +170,74 @@ def imagenet(root: str) -> pa.Table:
     uris = [f"s3://{p}" if storage.is_s3(root) else p for p in files]
     table = _table(uris, [label_of[PurePosixPath(p).parent.name] for p in files])
     sizes = {i.path: i.size for i in infos}
-    return _set(_set(table, "num_frames", [1] * len(files)), "bytes", [sizes[p] for p in files])
+    table = _set(_set(table, "num_frames", [1] * len(files)), "bytes", [sizes[p] for p in files])
+    return with_label_names(table, classes)
+
+
+def diving48(index: str, root: str, vocab: str | None = None) -> pa.Table:
+    """Diving48: ``label`` as given; the class names join each vocab entry's four parts with ``_``."""
+    try:
+        entries = json.loads(_read_text(index))
+        names = ["_".join(str(part) for part in entry) for entry in json.loads(_read_text(vocab))] if vocab else None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ManifestError(f"{index}: not Diving48 JSON: {exc}") from exc
+    uris, labels = [], []
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "vid_name" not in entry or not isinstance(entry.get("label"), int):
+            raise ManifestError(f"{index}: entry {number} lacks 'vid_name' or an integer 'label'")
+        if names is not None and not 0 <= entry["label"] < len(names):
+            raise ManifestError(f"{index}: entry {number}: label {entry['label']} not in {vocab} "
+                                f"({len(names)} classes)")
+        uris.append(storage.join(root, f"{entry['vid_name']}.mp4"))
+        labels.append(entry["label"])
+    return with_label_names(_table(uris, labels), names)
+
+
+def jester(index: str, labels: str, root: str, ext: str = "mp4") -> pa.Table:
+    """Jester: label = the line of the row's class name in the labels file; a row without one: -1."""
+    names = _class_list(labels)
+    label_of = {name: i for i, name in enumerate(names or [])}
+    uris, ids = [], []
+    for number, line in enumerate(_read_text(index).splitlines(), start=1):
+        if not line.strip():
+            continue
+        video, _, name = line.strip().partition(";")
+        if name and name not in label_of:
+            raise ManifestError(f"{index}: line {number}: class {name!r} not in {labels}")
+        uris.append(storage.join(root, f"{video}.{ext}"))
+        ids.append(label_of[name] if name else -1)
+    return with_label_names(_table(uris, ids), names)
+
+
+def coin(index: str, root: str, subset: str = "training", ext: str = "mp4") -> pa.Table:
+    """COIN: the videos of one ``subset``, label = ``recipe_type``; class names from each video's ``class``."""
+    try:
+        database = json.loads(_read_text(index))["database"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{index}: not COIN JSON (a 'database' of videos): {exc}") from exc
+    uris, labels, names = [], [], {}
+    for video, entry in sorted(database.items()):
+        if not isinstance(entry.get("recipe_type"), int) or "subset" not in entry:
+            raise ManifestError(f"{index}: video {video!r} lacks an integer 'recipe_type' or 'subset'")
+        names[entry["recipe_type"]] = entry.get("class", str(entry["recipe_type"]))
+        if entry["subset"] == subset:
+            uris.append(storage.join(root, f"{video}.{ext}"))
+            labels.append(entry["recipe_type"])
+    if not uris:
+        raise ManifestError(f"{index}: no video in subset {subset!r}")
+    return with_label_names(_table(uris, labels), [names.get(i, "") for i in range(max(names) + 1)])
+
+
+LABEL_NAMES = b"vjepa2_ray.label_names"  # schema metadata: the class names by label, where the index names them
+
+
+def with_label_names(table: pa.Table, names: list[str] | None) -> pa.Table:
+    return table.replace_schema_metadata({LABEL_NAMES: json.dumps(names).encode()}) if names else table
+
+
+def label_names(table: pa.Table) -> list[str] | None:
+    raw = (table.schema.metadata or {}).get(LABEL_NAMES)
+    return json.loads(raw) if raw else None
 
 
 def probe(table: pa.Table, backend: str = "decord") -> tuple[pa.Table, int]:
@@ -195,6 +273,9 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], pa.Table]] = {
     "howto100m": lambda a: howto100m(a.index, a.root, a.ext),
     "epickitchens": lambda a: epickitchens(a.index, a.root, a.label),
     "imagenet": lambda a: imagenet(a.root),
+    "diving48": lambda a: diving48(a.index, a.root, a.labels),
+    "jester": lambda a: jester(a.index, a.labels, a.root, a.ext),
+    "coin": lambda a: coin(a.index, a.root, a.subset, a.ext),
 }
 
 
@@ -207,10 +288,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="manifest to write (.parquet, or .csv for Meta's format)")
     parser.add_argument("--root", required=True, help="media root (local or s3://)")
     parser.add_argument("--index", help="the dataset's index file (JSON/CSV); not for imagenet")
-    parser.add_argument("--labels", help="ssv2: labels.json")
+    parser.add_argument("--labels", help="the class list: ssv2 labels.json, diving48 Diving48_vocab.json, "
+                                         "jester jester-v1-labels.csv")
     parser.add_argument("--layout", choices=("flat", "by_label"), default="flat", help="kinetics file layout")
     parser.add_argument("--classes", help="kinetics: file with one class name per line (fixes label ids)")
-    parser.add_argument("--ext", default="mp4", help="howto100m: video file extension")
+    parser.add_argument("--ext", default="mp4", help="howto100m, jester, coin: video file extension")
+    parser.add_argument("--subset", default="training", help="coin: the split to list (training or testing)")
+    parser.add_argument("--labels-out", help="also write the label map (class names by label, JSON)")
     parser.add_argument("--label", choices=("verb", "noun"), default="verb", help="epickitchens: label column")
     parser.add_argument("--probe", action="store_true", help="open every file to fill fps/num_frames/...")
     parser.add_argument("--decoder", choices=decode.BACKENDS, default="decord",
@@ -220,9 +304,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.dataset != "imagenet" and not args.index:
         raise ManifestError(f"{args.dataset}: --index is required")
-    if args.dataset == "ssv2" and not args.labels:
-        raise ManifestError("ssv2: --labels (labels.json) is required")
+    if args.dataset in ("ssv2", "jester") and not args.labels:
+        raise ManifestError(f"{args.dataset}: --labels (the class list) is required")
     table = BUILDERS[args.dataset](args)
+    names = label_names(table)
+    if args.labels_out:
+        if names is None:
+            raise ManifestError(f"{args.dataset}: the index names no classes; no --labels-out label map")
+        storage.write_bytes(args.labels_out, (json.dumps(names, indent=1) + "\n").encode())
     failed = 0
     if args.probe:
         table, failed = probe(table, args.decoder)

@@ -93,3 +93,49 @@ def test_imagenet_folders_and_probe_through_the_cli(tmp_path, capsys):
     assert table.column("num_frames").to_pylist() == [30, None]
     assert table.column("fps").to_pylist() == [15.0, None] and table.column("duration_s")[0].as_py() == 2.0
     assert module_main("pipelines.builders", ["kinetics", "--root", "/k", "--out", str(out)]) == 2
+
+
+def test_diving48_jester_and_coin_with_label_maps(tmp_path, capsys):
+    vocab = [["Back", "15som", "NoTwis", "PIKE"], ["Forward", "25som", "1Twis", "FREE"]]
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "d48.json").write_text(json.dumps([{"vid_name": "_8Vy3dlHg2w_00000", "label": 1, "start_frame": 0,
+                                                     "end_frame": 51}, {"vid_name": "b", "label": 0}]))
+    table = builders.diving48(str(tmp_path / "d48.json"), "/d48", str(tmp_path / "vocab.json"))
+    assert table.column("uri").to_pylist() == ["/d48/_8Vy3dlHg2w_00000.mp4", "/d48/b.mp4"]
+    assert table.column("label").to_pylist() == [1, 0]
+    assert builders.label_names(table) == ["Back_15som_NoTwis_PIKE", "Forward_25som_1Twis_FREE"]
+    (tmp_path / "bad48.json").write_text(json.dumps([{"vid_name": "c", "label": 5}]))
+    with pytest.raises(ManifestError, match=r"bad48.json: entry 0: label 5 not in .*vocab.json \(2 classes\)"):
+        builders.diving48(str(tmp_path / "bad48.json"), "/d48", str(tmp_path / "vocab.json"))
+
+    (tmp_path / "jester-labels.csv").write_text("Swiping Left\nSwiping Right\nNo gesture\n")
+    (tmp_path / "jester-train.csv").write_text("34870;Swiping Right\n56557;No gesture\n")
+    (tmp_path / "jester-test.csv").write_text("1\n2\n")
+    table = builders.jester(str(tmp_path / "jester-train.csv"), str(tmp_path / "jester-labels.csv"), "/j")
+    assert table.column("uri").to_pylist() == ["/j/34870.mp4", "/j/56557.mp4"]
+    assert table.column("label").to_pylist() == [1, 2]
+    test = builders.jester(str(tmp_path / "jester-test.csv"), str(tmp_path / "jester-labels.csv"), "/j", "webm")
+    assert test.column("label").to_pylist() == [-1, -1] and test.column("uri")[0].as_py() == "/j/1.webm"
+    (tmp_path / "jester-odd.csv").write_text("9;Waving\n")
+    with pytest.raises(ManifestError, match=r"jester-odd.csv: line 1: class 'Waving' not in"):
+        builders.jester(str(tmp_path / "jester-odd.csv"), str(tmp_path / "jester-labels.csv"), "/j")
+
+    coin_db = {"database": {
+        "vid2": {"recipe_type": 1, "class": "ReplaceBatteryOnKey", "subset": "training", "annotation": []},
+        "vid1": {"recipe_type": 0, "class": "AssembleBed", "subset": "testing", "annotation": []},
+        "vid3": {"recipe_type": 0, "class": "AssembleBed", "subset": "training", "annotation": []}}}
+    (tmp_path / "COIN.json").write_text(json.dumps(coin_db))
+    out, labels_out = tmp_path / "coin.parquet", tmp_path / "coin-labels.json"
+    assert module_main("pipelines.builders", ["coin", "--index", str(tmp_path / "COIN.json"), "--root", "/c",
+                                              "--out", str(out), "--labels-out", str(labels_out)]) == 0
+    table = read_manifest(str(out))
+    assert table.column("uri").to_pylist() == ["/c/vid2.mp4", "/c/vid3.mp4"]
+    assert table.column("label").to_pylist() == [1, 0]
+    assert json.loads(labels_out.read_text()) == ["AssembleBed", "ReplaceBatteryOnKey"]
+    assert module_main("pipelines.builders", ["coin", "--index", str(tmp_path / "COIN.json"), "--root", "/c",
+                                              "--subset", "validation", "--out", str(out)]) == 2
+    assert "no video in subset 'validation'" in capsys.readouterr().err
+    (tmp_path / "howto.csv").write_text("video_id,task_id\na,1\n")
+    assert module_main("pipelines.builders", ["howto100m", "--index", str(tmp_path / "howto.csv"), "--root",
+                                              "/h", "--out", str(out), "--labels-out", str(labels_out)]) == 2
+    assert "howto100m: the index names no classes" in capsys.readouterr().err

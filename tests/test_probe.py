@@ -3,6 +3,7 @@ queries."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,7 +12,9 @@ from transformers import VJEPA2Config
 from transformers.models.vjepa2.modeling_vjepa2 import VJEPA2AttentivePooler
 
 from models.checkpoint import CheckpointError, load_probe_checkpoint, save_probe_checkpoint
-from models.probe import AttentiveClassifier, AttentivePooler
+from models.probe import AttentiveClassifier, AttentivePooler, ProbeBank
+from train.probe_optim import ProbeGrid, head_schedules, probe_optimizer, set_head_lrs
+from train.schedules import WarmupCosine
 
 
 def _to_hf_pooler(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -123,3 +126,49 @@ def test_probe_files_that_do_not_fit_name_the_file_and_field(tmp_path) -> None:
     torch.save({"encoder": {}}, tmp_path / "encoder.pt")
     with pytest.raises(CheckpointError, match=r"encoder.pt: no 'classifiers' list.*not a probe file"):
         load_probe_checkpoint(tmp_path / "encoder.pt", _heads(1))
+
+
+def test_probe_bank_gives_every_head_its_logits_and_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    bank = ProbeBank(count=4, embed_dim=32, num_heads=2, num_classes=6, depth=1).eval()
+    tokens = torch.randn(3, 10, 32)
+    with torch.no_grad():
+        logits = bank(tokens)
+        assert logits.shape == (4, 3, 6) and not torch.allclose(logits[0], logits[1])  # independent inits
+        assert torch.equal(logits[2], bank.classifiers[2](tokens))
+    save_probe_checkpoint(tmp_path / "bank.pt", list(bank.classifiers))
+    fresh = ProbeBank(count=4, embed_dim=32, num_heads=2, num_classes=6, depth=1).eval()
+    load_probe_checkpoint(tmp_path / "bank.pt", list(fresh.classifiers))
+    with torch.no_grad():
+        assert torch.equal(fresh(tokens), logits)
+
+
+def test_warmup_cosine_is_metas_probe_schedule() -> None:
+    cosine = WarmupCosine(start=0.0, peak=1e-3, final=0.0, warmup_steps=0, t_max=100)
+    assert cosine(49) == pytest.approx(5e-4)  # t = 50: half way down
+    assert cosine(99) == 0.0 and cosine(150) == 0.0  # never below final
+    assert 1e-3 > cosine(0) > 0.999e-3
+    warm = WarmupCosine(start=1e-4, peak=1e-3, final=1e-5, warmup_steps=10, t_max=110)
+    assert warm(4) == pytest.approx(1e-4 + 0.5 * 9e-4)  # t = 5 of 10
+    assert warm(9) == pytest.approx(1e-3) and warm(59) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))
+
+
+def test_one_optimizer_group_per_head_at_its_grid_pair() -> None:
+    torch.manual_seed(0)
+    grid = ProbeGrid(lrs=[0.0, 1e-2], wds=[0.1, 0.8])
+    bank = ProbeBank(count=4, embed_dim=16, num_heads=2, num_classes=3, depth=1)
+    optimizer = probe_optimizer(bank, grid)
+    assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == grid.pairs() == [
+        (0.0, 0.1), (0.0, 0.8), (1e-2, 0.1), (1e-2, 0.8)]
+    assert all(len(g["params"]) == len(list(h.parameters())) for g, h in zip(optimizer.param_groups, bank.classifiers))
+    before = [copy.deepcopy(h.state_dict()) for h in bank.classifiers]
+    schedules = head_schedules(grid, total_steps=10)
+    assert set_head_lrs(optimizer, schedules, 0)[:2] == [0.0, 0.0]
+    logits = bank(torch.randn(5, 7, 16))
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.randint(0, 3, (5,)).repeat(4)).backward()
+    optimizer.step()
+    for head, old, lr in zip(bank.classifiers, before, [0.0, 0.0, 1e-2, 1e-2]):
+        same = all(torch.equal(head.state_dict()[k], v) for k, v in old.items())
+        assert same == (lr == 0.0)  # a head moves only at its own lr (decoupled WD scales with it too)
+    with pytest.raises(ValueError, match="the grid has 4 .* for 3 heads"):
+        probe_optimizer(ProbeBank(3, 16, 2, 3, depth=1), grid)

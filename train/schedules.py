@@ -11,6 +11,7 @@ runs slightly above ``start_lr``. We reproduce that, so LR curves line up with M
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,6 +91,27 @@ class WarmupStableDecay:
             progress = min(1.0, (t - anneal_from) / max(1, self.anneal_steps))
             return self.peak + progress * (self.final - self.peak)
         return self.peak
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Linear warmup ``start -> peak`` over ``warmup_steps``, then a half cosine ``peak -> final`` over the
+    remaining ``t_max - warmup_steps`` steps, then ``final`` (never below it): the probes' LR (Meta's
+    ``evals/video_classification_frozen/eval.py`` ``WarmupCosineLRSchedule`` at commit c2963a4; its
+    probe configs use no warmup and ``final`` 0). Same counter convention as the others."""
+
+    start: float
+    peak: float
+    final: float
+    warmup_steps: int
+    t_max: int
+
+    def __call__(self, step: int) -> float:
+        t = step + 1
+        if t < self.warmup_steps:
+            return self.start + (t / max(1, self.warmup_steps)) * (self.peak - self.start)
+        progress = min(1.0, (t - self.warmup_steps) / max(1, self.t_max - self.warmup_steps))
+        return max(self.final, self.final + (self.peak - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @dataclass(frozen=True)
