@@ -149,6 +149,7 @@ def step_posttrain(ctx: DemoContext) -> dict:
     result = posttrain(load_config(PosttrainConfig, preset_path("posttrain", "tiny"), overrides))
     quality = result.worker.get("quality") or {}
     return {"export": result.export_path, "mlflow_run": result.mlflow_run_id,
+            "pictures": str(Path(result.output_dir) / "pictures"),
             **{k: round(quality[k], 4) for k in ("val_l1_1step", "val_copy_l1_1step", "val_shuffled_l1_1step")
                if k in quality}}
 
