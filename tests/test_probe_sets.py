@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 
+from eval.labels import check_labels, load_label_map
 from pipelines.manifest import read_manifest
 from pipelines.sample_world.probe_sets import (
     APPEARANCE_CLASSES,
@@ -56,6 +57,9 @@ def test_manifests_label_maps_and_clips(small_sets):
     for set_name, classes in (("motion", MOTION_CLASSES), ("appearance", APPEARANCE_CLASSES)):
         root = world / "probes" / set_name
         assert json.loads((root / "labels.json").read_text()) == list(classes)
+        names = load_label_map(str(root / "labels.json"))
+        assert check_labels(str(root / "train.parquet"), names, "labels.json", True) == dict.fromkeys(
+            range(len(classes)), 2)
         for split, per_class in (("train", 2), ("val", 1)):
             for name in (f"{split}.parquet", f"{split}.csv"):
                 table = read_manifest(str(root / name))
