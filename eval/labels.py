@@ -45,12 +45,12 @@ def check_labels(manifest: str, names: list[str], label_map: str, require_every_
     """Clips per label of a labelled manifest. Rows without a label (null or negative, e.g. a test split)
     and labels outside the map are errors naming the first rows; with ``require_every_class`` (training
     splits) so is a class of the map without clips."""
-    labels = read_manifest(manifest).column("label").to_numpy(zero_copy_only=False)
-    missing = np.flatnonzero(np.isnan(labels.astype(float)) | (np.nan_to_num(labels.astype(float), nan=-1) < 0))
+    values = read_manifest(manifest).column("label").to_numpy(zero_copy_only=False).astype(float)  # null -> nan
+    missing = np.flatnonzero(~(values >= 0))  # nan compares false
     if len(missing):
         raise LabelError(f"{manifest}: {len(missing)} row(s) without a label (first rows "
                          f"{missing[:MAX_LISTED].tolist()}): a probe needs a label on every row")
-    labels = labels.astype(np.int64)
+    labels = values.astype(np.int64)
     outside = np.flatnonzero(labels >= len(names))
     if len(outside):
         rows = outside[:MAX_LISTED].tolist()

@@ -114,6 +114,7 @@ class PosttrainRecipe(ConfigRecipe):
         self.token_shape = ((enc.img_size // enc.patch_size) ** 2, enc.embed_dim)
         self.history: dict[int, dict[str, float]] = {}  # validation metrics by the step they follow
         self.traces: list[EpisodeTrace] = []  # the last validation's pictured episodes
+        self._pictured: list[dict[str, Any]] | None = None  # their decoded samples (pictured_episodes)
         self.steps_done = 0
 
     def check_compatible(self, record: dict[str, Any], where: str) -> None:
@@ -181,16 +182,7 @@ class PosttrainRecipe(ConfigRecipe):
         L1 of the predictor, of copying the last frame and of the predictor fed the next episode's actions.
         Every rank runs it (a sharded predictor needs all ranks in each forward); rank 0 draws. A broken
         episode is left out of the pictures (validation quarantines it)."""
-        count, frames = self.cfg.quality.gif_episodes, self.cfg.quality.gif_frames
-        if count <= 0:
-            return []
-        decoder = EpisodeClipDecoder(self.cfg.data, self.episodes("val"))
-        samples = []
-        for index in range(min(count, len(decoder.set))):
-            try:
-                samples.append(decoder.episode_start(index, frames))
-            except SampleError as err:
-                log.warning("pictures: held-out episode %s left out: %s", decoder.set.episodes[index].episode_id, err)
+        samples = self.pictured_episodes()
         traces = []
         for i, sample in enumerate(samples):
             batch = {name: torch.as_tensor(sample[name])[None] for name in ("clip", "tokens", "states", "actions")
@@ -207,6 +199,23 @@ class PosttrainRecipe(ConfigRecipe):
             traces.append(EpisodeTrace(sample["episode_id"], sample["pixels"], sample["states"], sample["actions"],
                                        {k: v.float().cpu().numpy() for k, v in errors.items()}))
         return traces
+
+    def pictured_episodes(self) -> list[dict[str, Any]]:
+        """The decoded samples :meth:`trace_episodes` scores, read once per run: they never change, only
+        the predictor does (and the held-out split is built, and its too-short episodes quarantined, once)."""
+        if self._pictured is not None:
+            return self._pictured
+        self._pictured = []
+        count, frames = self.cfg.quality.gif_episodes, self.cfg.quality.gif_frames
+        if count <= 0:
+            return self._pictured
+        decoder = EpisodeClipDecoder(self.cfg.data, self.episodes("val"))
+        for index in range(min(count, len(decoder.set))):
+            try:
+                self._pictured.append(decoder.episode_start(index, frames))
+            except SampleError as err:
+                log.warning("pictures: held-out episode %s left out: %s", decoder.set.episodes[index].episode_id, err)
+        return self._pictured
 
     def pictures(self, out: Path) -> list[Path]:
         return draw(self.history, self.traces, self.steps_done, out)

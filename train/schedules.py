@@ -19,6 +19,11 @@ from core.config import ConfigError
 from train.config import OptimConfig
 
 
+def _warmup(start: float, peak: float, t: int, warmup_steps: int) -> float:
+    """The linear warmup every warmup schedule shares, at counter ``t < warmup_steps``."""
+    return start + (t / warmup_steps) * (peak - start)
+
+
 class Schedule(Protocol):
     def __call__(self, step: int) -> float: ...
 
@@ -48,7 +53,7 @@ class WarmupConstant:
     def __call__(self, step: int) -> float:
         t = step + 1
         if t < self.warmup_steps:
-            return self.start + (t / self.warmup_steps) * (self.peak - self.start)
+            return _warmup(self.start, self.peak, t, self.warmup_steps)
         return self.peak
 
 
@@ -86,7 +91,7 @@ class WarmupStableDecay:
         t = step + 1
         anneal_from = self.total_steps - self.anneal_steps
         if t < self.warmup_steps:
-            return self.start + (t / self.warmup_steps) * (self.peak - self.start)
+            return _warmup(self.start, self.peak, t, self.warmup_steps)
         if t > anneal_from:
             progress = min(1.0, (t - anneal_from) / max(1, self.anneal_steps))
             return self.peak + progress * (self.final - self.peak)
@@ -109,7 +114,7 @@ class WarmupCosine:
     def __call__(self, step: int) -> float:
         t = step + 1
         if t < self.warmup_steps:
-            return self.start + (t / max(1, self.warmup_steps)) * (self.peak - self.start)
+            return _warmup(self.start, self.peak, t, self.warmup_steps)
         progress = min(1.0, (t - self.warmup_steps) / max(1, self.t_max - self.warmup_steps))
         return max(self.final, self.final + (self.peak - self.final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 

@@ -45,6 +45,7 @@ SETS = ("motion", "appearance")
 MOTION_CLASSES = ("moves_right", "moves_left", "moves_down", "moves_up", "rotates_clockwise",
                   "rotates_anticlockwise", "approaches", "retreats", "speeds_up", "slows_down")
 APPEARANCE_CLASSES = OBJECTS  # the photo the object is cut from
+CLASSES = {"motion": MOTION_CLASSES, "appearance": APPEARANCE_CLASSES}
 PER_CLASS = {"motion": {"train": 60, "val": 30}, "appearance": {"train": 100, "val": 50}}
 SPLIT_SEED = {"train": 0, "val": 1}
 _DIRECTIONS = {"moves_right": (1.0, 0.0), "moves_left": (-1.0, 0.0), "moves_down": (0.0, 1.0),
@@ -65,15 +66,14 @@ class ClipPlan:
 
     @property
     def relpath(self) -> str:
-        names = MOTION_CLASSES if self.set_name == "motion" else APPEARANCE_CLASSES
-        return f"clips/{self.split}/{names[self.label]}/{self.seed[-1]:04d}.mp4"
+        return f"clips/{self.split}/{CLASSES[self.set_name][self.label]}/{self.seed[-1]:04d}.mp4"
 
 
 def plan_set(set_name: str, split: str, seed: int, per_class: int | None = None) -> list[ClipPlan]:
     """Every clip of one split of one set (``per_class`` clips of each class, default
     :data:`PER_CLASS`), in label order."""
     rng = np.random.default_rng((seed, SPLIT_SEED[split], SETS.index(set_name)))
-    classes = MOTION_CLASSES if set_name == "motion" else APPEARANCE_CLASSES
+    classes = CLASSES[set_name]
     plans, count = [], 0
     for label in range(len(classes)):
         for _ in range(PER_CLASS[set_name][split] if per_class is None else per_class):
@@ -138,29 +138,29 @@ def render_clip(plan: ClipPlan, out: Path) -> dict:
 
 
 def _render_all(args: tuple[list[ClipPlan], str]) -> list[dict]:
-    plans, out = args
-    return [render_clip(p, Path(out)) for p in plans]
+    plans, world = args
+    return [render_clip(p, Path(world) / PROBES_DIR / p.set_name) for p in plans]
 
 
 def build_probe_sets(world: Path, seed: int = 0, workers: int = 2,
                      per_class: dict[str, int] | None = None) -> dict:
     """Both sets under ``<world>/probes``; returns their summary (clips per split, classes).
-    ``per_class``: clips of each class by split, instead of :data:`PER_CLASS` (small sets for tests)."""
-    summary = {}
-    for set_name, classes in (("motion", MOTION_CLASSES), ("appearance", APPEARANCE_CLASSES)):
+    ``per_class``: clips of each class by split, instead of :data:`PER_CLASS` (small sets for tests).
+    One process pool renders every clip of both sets."""
+    splits = [(set_name, split) for set_name in SETS for split in ("train", "val")]
+    plans = [p for set_name, split in splits for p in plan_set(set_name, split, seed, (per_class or {}).get(split))]
+    chunks = [plans[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(min(workers, len(plans))) as pool:
+        rendered = [(plan, row) for chunk, rows in zip(chunks, pool.map(_render_all, [(c, str(world)) for c in chunks]))
+                    for plan, row in zip(chunk, rows, strict=True)]
+    summary: dict = {}
+    for set_name, split in splits:
         out = Path(world) / PROBES_DIR / set_name
-        out.mkdir(parents=True, exist_ok=True)
-        counts = {}
-        for split in ("train", "val"):
-            plans = plan_set(set_name, split, seed, (per_class or {}).get(split))
-            chunks = [(plans[i::workers], str(out)) for i in range(workers)]
-            with ProcessPoolExecutor(min(workers, len(plans))) as pool:
-                rows = [row for part in pool.map(_render_all, chunks) for row in part]
-            rows.sort(key=lambda r: r["uri"])
-            table = pa.table({k: [r[k] for r in rows] for k in rows[0]})
-            write_manifest(table, str(out / f"{split}.parquet"))
-            write_manifest(table, str(out / f"{split}.csv"))
-            counts[split] = len(rows)
-        (out / "labels.json").write_text(json.dumps(list(classes), indent=1) + "\n")
-        summary[set_name] = {"dir": str(out), "classes": len(classes), **counts}
+        chosen = sorted((row for plan, row in rendered if (plan.set_name, plan.split) == (set_name, split)),
+                        key=lambda r: r["uri"])
+        table = pa.table({k: [r[k] for r in chosen] for k in chosen[0]})
+        write_manifest(table, str(out / f"{split}.parquet"))
+        write_manifest(table, str(out / f"{split}.csv"))
+        (out / "labels.json").write_text(json.dumps(list(CLASSES[set_name]), indent=1) + "\n")
+        summary.setdefault(set_name, {"dir": str(out), "classes": len(CLASSES[set_name])})[split] = len(chosen)
     return summary
