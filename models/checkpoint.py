@@ -226,6 +226,22 @@ def load_probe_checkpoint(path: str | Path, heads: list[nn.Module]) -> dict[str,
     return {k: v for k, v in data.items() if k != PROBE_KEY}
 
 
+def probe_file_shape(data: dict[str, Any], num_heads: int, path: str) -> dict[str, int]:
+    """The shapes of a probe file's heads read off its tensors (Meta's files record none): head count,
+    pooler depth (1 + the self-attention blocks), token width and classes; ``num_heads`` (attention
+    heads) is not visible in the weights and is given."""
+    stored = data.get(PROBE_KEY)
+    if not isinstance(stored, list | tuple) or not stored or not isinstance(stored[0], dict):
+        raise CheckpointError(f"{path}: no '{PROBE_KEY}' list of head state dicts: not a probe file")
+    head = strip_prefixes(stored[0])
+    if "linear.weight" not in head:
+        raise CheckpointError(f"{path}: '{PROBE_KEY}[0]' has no 'linear.weight': not an attentive classifier")
+    blocks = {key.split(".")[2] for key in head if key.startswith("pooler.blocks.")}
+    classes, dim = head["linear.weight"].shape
+    return {"heads": len(stored), "depth": len(blocks) + 1, "num_heads": num_heads, "dim": int(dim),
+            "classes": int(classes)}
+
+
 def resolve_model_cfg(ckpt: MetaCheckpoint, preset: str | None = None) -> ModelConfig:
     """``--preset`` if given, else the file's own record, else the preset its tensor shapes match."""
     if preset:

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import torch
@@ -80,6 +80,10 @@ class FrozenEncoderConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     patch_size: int = 16  # pixels
     tubelet_size: int = 2  # pixels
+    # vjepa2/random: tokens of these blocks (0-based), each through the final norm, concatenated along the
+    # token axis (Meta's multilevel probes for Diving48 and Jester: N is then len(out_layers) x t x h x w,
+    # each level on the grid in turn); [] -> the last block's output.
+    out_layers: list[int] = field(default_factory=list)
 
     def check(self) -> None:
         """Fail before building on what is missing, naming the key."""
@@ -180,10 +184,11 @@ class FrozenEncoder(nn.Module):
 class VJepa2Encoder(FrozenEncoder):
     """A V-JEPA 2 video ViT (``net``); ``cfg`` is its encoder config (patch and tubelet sizes)."""
 
-    def __init__(self, kind: str, net: nn.Module, precision: str = "fp32") -> None:
+    def __init__(self, kind: str, net: nn.Module, precision: str = "fp32", out_layers: list[int] | None = None) -> None:
         super().__init__(kind, net.cfg.embed_dim, precision)
         self.net = net
         self.cfg = net.cfg
+        self.out_layers = list(out_layers or [])
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         return frames // self.cfg.tubelet_size, height // self.cfg.patch_size, width // self.cfg.patch_size
@@ -193,6 +198,8 @@ class VJepa2Encoder(FrozenEncoder):
         return self.cfg.tubelet_size
 
     def encode(self, clip: Tensor) -> Tensor:
+        if self.out_layers:
+            return torch.cat(self.net(clip, out_layers=self.out_layers), dim=1)
         return self.net(clip)
 
 
@@ -277,7 +284,7 @@ def _vjepa2(cfg: FrozenEncoderConfig) -> VJepa2Encoder:
     if cfg.sha256:
         read_pinned(cfg.checkpoint, cfg.sha256)
     net, _ = load_encoder(cfg.checkpoint, key=cfg.key, preset=cfg.preset or None)
-    return VJepa2Encoder("vjepa2", net, cfg.precision)
+    return VJepa2Encoder("vjepa2", net, cfg.precision, cfg.out_layers)
 
 
 def _random(cfg: FrozenEncoderConfig) -> VJepa2Encoder:
@@ -287,7 +294,7 @@ def _random(cfg: FrozenEncoderConfig) -> VJepa2Encoder:
     with torch.random.fork_rng(devices=[]):  # built on the CPU: only its generator is seeded, then restored
         torch.manual_seed(cfg.seed)
         net = build_encoder(model_cfg.encoder)
-    return VJepa2Encoder("random", net, cfg.precision)
+    return VJepa2Encoder("random", net, cfg.precision, cfg.out_layers)
 
 
 def frame_geometry(cfg: FrozenEncoderConfig, encoder: EncoderConfig, crop_size: int) -> EncoderConfig:

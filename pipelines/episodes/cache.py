@@ -108,7 +108,7 @@ def clip_tokens(encoder: Any, clips: Any) -> Any:
     return tokens.reshape(batch, frames, -1, tokens.size(-1))
 
 
-def _stored(tokens: Any, dtype: str) -> np.ndarray:
+def stored_tokens(tokens: Any, dtype: str) -> np.ndarray:
     import torch
 
     if dtype == "bfloat16":
@@ -116,7 +116,7 @@ def _stored(tokens: Any, dtype: str) -> np.ndarray:
     return tokens.to(getattr(torch, dtype)).cpu().numpy()
 
 
-def _npy(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -185,7 +185,7 @@ class EpisodeEncoder:
         for at in range(0, len(frames), self.cache.frames_per_batch):
             part = torch.from_numpy(frames[at:at + self.cache.frames_per_batch]).to(self.device)
             chunks.append(clip_tokens(self.encoder, part[None])[0])
-        return _stored(torch.cat(chunks), self.cache.dtype)
+        return stored_tokens(torch.cat(chunks), self.cache.dtype)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         written, shapes = [], []
@@ -198,7 +198,7 @@ class EpisodeEncoder:
                 written.append(0)
                 shapes.append(np.zeros(2, np.int64))
                 continue
-            storage.write_bytes(storage.join(self.root, FRAMES_DIR, f"{episode_id}.npy"), _npy(tokens))
+            storage.write_bytes(storage.join(self.root, FRAMES_DIR, f"{episode_id}.npy"), npy_bytes(tokens))
             written.append(len(tokens))
             shapes.append(np.asarray(tokens.shape[1:], np.int64))
         self.quarantine.flush()
