@@ -164,9 +164,10 @@ def build_clip_cache(data: LabelledDataConfig, encoder: Any, cache: CacheConfig,
     meta = {"identity": ident, "positions": {p: sorted(v) for p, v in positions.items()},
             "missing": {p: len(parts[p]) - len(v) for p, v in positions.items()},
             "seconds": round(time.perf_counter() - began, 2)}
-    storage.write_bytes(done_uri, json.dumps(meta, indent=1, default=str).encode())
+    text = json.dumps(meta, indent=1, default=str)
+    storage.write_bytes(done_uri, text.encode())
     log.info("clip cache %s: %d rows in %.1f s", root, sum(map(len, positions.values())), meta["seconds"])
-    return ClipCache(root, json.loads(storage.read_bytes(done_uri)))
+    return ClipCache(root, json.loads(text))  # as a reader will see it (tuples as lists)
 
 
 def default_dir(ident: dict[str, Any], runs_root: str) -> str:

@@ -38,8 +38,6 @@ class ProbeOptimConfig:
     epochs: int = 20
     global_batch: int = 256  # Meta's SSv2 ViT-L: 4 clips x 64 GPUs
     total_steps: int = 0  # 0 -> epochs x ceil(fit rows / global_batch), set when the config is resolved
-    betas: tuple[float, float] = (0.9, 0.999)  # torch's AdamW defaults, as Meta's
-    eps: float = 1e-8
 
     @property
     def reference_global_batch(self) -> int:

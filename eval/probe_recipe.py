@@ -32,6 +32,7 @@ from eval.probe_metrics import Predictions, confusion, correct, score
 from models.checkpoint import load_probe_checkpoint
 from models.frozen import build_frozen_encoder
 from models.probe import ProbeBank
+from pipelines.episodes.cache import to_float
 from pipelines.labelled import VAL, LabelledRows, epoch_requests, labelled_dataset
 from train.fsdp import autocast
 from train.probe_optim import head_schedules, probe_optimizer, set_head_lrs
@@ -130,8 +131,7 @@ class ProbeRecipe(ConfigRecipe):
     def tokens(self, batch: dict[str, Tensor], views: int) -> Tensor:
         """``[B, views, N, D]`` float32 on the device: cached, or encoded from the batch's clips."""
         if "tokens" in batch:
-            tokens = batch["tokens"].to(self.device)
-            return tokens.view(torch.bfloat16).float() if self.cfg.cache.dtype == "bfloat16" else tokens.float()
+            return to_float(batch["tokens"], self.cfg.cache.dtype).to(self.device)
         return sample_tokens(self.encoder, batch["clip"].to(self.device), views)
 
     def step(self, step: int, micro_batches: Iterator[dict[str, Any]]) -> StepResult:

@@ -208,15 +208,16 @@ def read_source(uri: str, cfg: LabelledDataConfig, windows: Any) -> tuple[np.nda
         reader.close()
 
 
-def train_sample(uri: str, cfg: LabelledDataConfig, seed: int) -> np.ndarray:
-    """One augmented training sample ``[S, T, crop, crop, 3]`` (every random choice from ``seed``)."""
+def train_sample(uri: str, cfg: LabelledDataConfig, augment: Any, seed: int) -> np.ndarray:
+    """One augmented training sample ``[S, T, crop, crop, 3]`` (every random choice from ``seed``);
+    ``augment`` is the run's ``pipelines.video_augment.VideoAugmentConfig``."""
     from pipelines.video_augment import augment_clip
 
     rng = np.random.default_rng(seed)
     frames, segments = read_source(uri, cfg, lambda n: segment_windows(n, cfg, rng))
     box = random_resized_crop_box(frames.shape[1], frames.shape[2], cfg.rrc_scale, cfg.rrc_ratio, rng)
     clip = resized_crop(frames, box, cfg.crop_size, False)
-    clip = augment_clip(clip, augment_config(cfg), rng)
+    clip = augment_clip(clip, augment, rng)
     return clip.reshape(segments, cfg.frames_per_clip, *clip.shape[1:])
 
 
@@ -227,25 +228,22 @@ def eval_sample(uri: str, cfg: LabelledDataConfig, views: int) -> np.ndarray:
     return np.stack(crops).reshape(views * segments, cfg.frames_per_clip, cfg.crop_size, cfg.crop_size, 3)
 
 
-def augment_config(cfg: LabelledDataConfig) -> Any:
-    from pipelines.video_augment import VideoAugmentConfig
-
-    return VideoAugmentConfig(randaugment=cfg.randaugment, erase_prob=cfg.erase_prob)
-
-
 class LabelledClipDecoder:
     """Decode requests -> samples (a Ray Data actor). ``train``: augmented training samples, a failed one
     redrawn from ``fit``; otherwise evaluation samples of ``views`` views, a failed row quarantined."""
 
     def __init__(self, cfg: LabelledDataConfig, train: bool, views: int, fit: LabelledRows | None = None,
                  rejects_dir: str | None = None):
+        from pipelines.video_augment import VideoAugmentConfig
+
         decode.configure_seek_check(cfg.seek_check_frames)
         self.cfg, self.train, self.views, self.fit = cfg, train, views, fit
+        self.augment = VideoAugmentConfig(randaugment=cfg.randaugment, erase_prob=cfg.erase_prob)
         self.quarantine = Quarantine(rejects_dir or cfg.rejects_dir or None)
 
     def sample(self, uri: str, seed: int) -> np.ndarray:
         if self.train and self.cfg.augment:
-            return train_sample(uri, self.cfg, seed)
+            return train_sample(uri, self.cfg, self.augment, seed)
         return eval_sample(uri, self.cfg, self.views)
 
     def one(self, record: dict[str, Any]) -> tuple[np.ndarray | None, int]:
