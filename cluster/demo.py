@@ -8,12 +8,14 @@ Steps (each prints what it did and where its results are):
                           curated manifest + report (HTML, plots, contact sheets)
   4. pretraining       -> a short tiny V-JEPA 2 run on Ray Train (FSDP2 on gloo) over the VideoMix stream
                           with the curated yt1b source; sharded checkpoints + a Meta-layout export
-  5. post-training     -> a tiny V-JEPA 2-AC predictor on the sample world's simulated Franka episodes,
+  5. probe             -> attentive probes (eval/tiny-motion, a shorter schedule) over the frozen encoder
+                          just exported, on the sample world's motion set: val top-1 against chance
+  6. post-training     -> a tiny V-JEPA 2-AC predictor on the sample world's simulated Franka episodes,
                           over the frozen encoder just exported (Ray Train); held-out rollout L1 against
                           copying the last frame and against shuffled actions; a Meta AC-layout export
-  6. embed             -> encoder features of one sample-world clip from the exported checkpoint
+  7. embed             -> encoder features of one sample-world clip from the exported checkpoint
 Everything goes through the same functions the CLI subcommands and a cluster run use. In MLflow the
-demo is one parent run (``demo-pipeline``) with the data pass, curation and both trainings nested under it
+demo is one parent run (``demo-pipeline``) with the data pass, curation, the trainings and the probe nested under it
 (``tracking.parent_run``); the parent holds the step summary.
 """
 
@@ -39,6 +41,9 @@ from train.run_tracking import attach_run
 log = logging.getLogger("vjepa2_ray.demo")
 
 DEMO_EXPERIMENT = "vjepa2-ray-demo"
+# The demo's probe trains 5 of the preset's 20 epochs: a 10-step encoder is not worth more, and the step
+# stays about a minute (the cached tokens make an epoch a few seconds).
+DEMO_PROBE_EPOCHS = 5
 
 
 @dataclass
@@ -81,7 +86,7 @@ class DemoContext:
 def step_sample_world(ctx: DemoContext) -> dict:
     from pipelines.sample_world import build_sample_world
 
-    info = build_sample_world(ctx.world, seed=ctx.seed)
+    info = build_sample_world(ctx.world, seed=ctx.seed, probes=True)
     return {"path": str(ctx.world), "files": sum(info["counts"].values()) if "counts" in info else None}
 
 
@@ -140,6 +145,22 @@ def step_pretrain(ctx: DemoContext) -> dict:
             "steps": ctx.train_steps, "loss_first_last": [losses[0], losses[-1]] if losses else None}
 
 
+def step_probe(ctx: DemoContext) -> dict:
+    from eval.probe import probe
+    from eval.probe_config import ProbeConfig
+
+    motion = ctx.world / "probes" / "motion"
+    overrides = [f"data.train={motion / 'train.parquet'}", f"data.val={motion / 'val.parquet'}",
+                 "encoder.kind=vjepa2", f"encoder.checkpoint={ctx.checkpoint}",
+                 f"run.output_dir={ctx.workdir / 'runs' / 'demo' / 'probe'}", f"optim.epochs={DEMO_PROBE_EPOCHS}",
+                 *ctx.tracking_overrides()]
+    result = probe(load_config(ProbeConfig, preset_path("eval", "tiny-motion"), overrides))
+    scores = result.worker["result"]
+    return {"probe": result.export_path, "mlflow_run": result.mlflow_run_id, "epochs": DEMO_PROBE_EPOCHS,
+            "val_clips": scores["val_clips"], "val_top1": round(scores["val_top1"], 4),
+            "chance": round(1 / len(scores["per_class"]), 4), "result": str(Path(result.output_dir) / "result.json")}
+
+
 def step_posttrain(ctx: DemoContext) -> dict:
     from train.posttrain import posttrain
     from train.posttrain_config import PosttrainConfig
@@ -174,6 +195,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], dict]]] = [
     ("VideoMix data pass (Ray Data)", step_data_pass),
     ("Curated-YT1B", step_curation),
     ("V-JEPA 2 pretraining (Ray Train)", step_pretrain),
+    ("attentive probe on the motion set (Ray Train)", step_probe),
     ("V-JEPA 2-AC post-training (Ray Train)", step_posttrain),
     ("embed with the exported checkpoint", step_embed),
 ]

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe", required=True, help="probe file (Meta's layout or ours)")
     parser.add_argument("--input", required=True, help="video or image (local or s3://)")
     parser.add_argument("--labels", default="", help="label map JSON (default: the probe file's class names)")
-    parser.add_argument("--key", default="target_encoder", choices=["encoder", "target_encoder"])
+    parser.add_argument("--key", default="target_encoder", choices=["encoder", "target_encoder"],
+                        help="which encoder of the checkpoint (default target_encoder, as Meta's evals)")
     parser.add_argument("--preset", default="", help="encoder architecture, for files that record none")
     parser.add_argument("--head", type=int, default=None, help="which head (default: the one the probe file reports)")
     parser.add_argument("--num-heads", type=int, default=META_NUM_HEADS, help="pooler attention heads (Meta's files)")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from models.frozen import (
     FrozenEncoderConfig,
     Tokens,
     build_frozen_encoder,
+    frame_geometry,
 )
 
 
@@ -194,3 +197,77 @@ def test_imagenet_constants_are_the_pipelines_ones():
     from pipelines import transforms
 
     assert (IMAGENET_MEAN, IMAGENET_STD) == (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+
+
+# ---- timm baselines -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def timm_weights(tmp_path_factory) -> dict[str, str]:
+    """timm's tiny test models saved as timm publishes weights: with their ImageNet classifier."""
+    import timm
+
+    root = tmp_path_factory.mktemp("timm")
+    paths = {}
+    for name in ("test_vit", "test_resnet"):
+        torch.manual_seed(0)
+        paths[name] = str(root / f"{name}.pt")
+        torch.save(timm.create_model(name, pretrained=False).state_dict(), paths[name])
+    return paths
+
+
+def timm_config(name: str, checkpoint: str) -> FrozenEncoderConfig:
+    return FrozenEncoderConfig(kind="timm", name=name, checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize("name", ["test_vit", "test_resnet"])
+def test_timm_tokens_are_each_frames_feature_map_along_time(name, timm_weights):
+    import timm
+
+    encoder = build_frozen_encoder(timm_config(name, timm_weights[name]))
+    net = timm.create_model(name, pretrained=False, num_classes=0).eval()
+    net.load_state_dict({k: v for k, v in torch.load(timm_weights[name]).items() if not k.startswith(("head.", "fc."))})
+    clip = random_clip((2, 3, 3, 64, 96))
+    out = encoder(clip)
+    t, h, w = out.grid
+    assert t == 3 and out.tokens.shape == (2, t * h * w, net.num_features) and encoder.embed_dim == net.num_features
+    assert not any(p.requires_grad for p in encoder.parameters())
+    # by hand: every frame through the network on its own normalisation, its map's positions row-major
+    cfg = net.pretrained_cfg
+    mean_in, std_in = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (torch.tensor(cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    frames = clip.transpose(1, 2).reshape(6, 3, 64, 96)
+    with torch.no_grad():
+        feats = net.forward_features((frames * std_in + mean_in - mean) / std)
+    if feats.dim() == 3:  # ViT: the class token first, then the 16-pixel patches
+        assert (h, w) == (64 // 16, 96 // 16) and net.num_prefix_tokens == 1
+        want = feats[:, 1:]
+    else:
+        want = feats.flatten(2).transpose(1, 2)
+    torch.testing.assert_close(out.tokens, want.reshape(2, 3 * h * w, -1), rtol=1e-4, atol=1e-4)
+    geometry = frame_geometry(timm_config(name, timm_weights[name]), load_model_preset("tiny").encoder, 64)
+    assert geometry.embed_dim == net.num_features and 64 // geometry.patch_size == encoder.grid(1, 64, 64)[1]
+
+
+def test_timm_bad_weights_or_name_fail_in_one_line_naming_the_file_and_field(timm_weights, tmp_path):
+    with pytest.raises(UserError, match=r"test_resnet\.pt: 'checkpoint \(kind=timm, name=test_vit\)' does not fit"):
+        build_frozen_encoder(timm_config("test_vit", timm_weights["test_resnet"]))
+    with pytest.raises(UserError, match="frozen encoder checkpoint .*nowhere.pt: not found"):
+        build_frozen_encoder(timm_config("test_vit", str(tmp_path / "nowhere.pt")))
+    (tmp_path / "text.pt").write_text("not weights")
+    with pytest.raises(UserError, match="text.pt: not a state dict"):
+        build_frozen_encoder(timm_config("test_vit", str(tmp_path / "text.pt")))
+    with pytest.raises(UserError, match="sha256"):
+        build_frozen_encoder(replace(timm_config("test_vit", timm_weights["test_vit"]), sha256="0" * 64))
+    with pytest.raises(UserError, match="name 'test_vitt' is not a timm .* model \\(close: test_vit"):
+        build_frozen_encoder(timm_config("test_vitt", timm_weights["test_vit"]))
+    with pytest.raises(UserError, match="kind=timm needs 'name'"):
+        build_frozen_encoder(FrozenEncoderConfig(kind="timm", checkpoint=timm_weights["test_vit"]))
+    with pytest.raises(UserError, match="'out_layers' picks V-JEPA 2 blocks; kind=timm has none"):
+        build_frozen_encoder(replace(timm_config("test_vit", timm_weights["test_vit"]), out_layers=[1]))
+
+
+def test_timm_missing_is_one_line(monkeypatch, timm_weights):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(UserError, match=r"kind=timm needs the timm package \(pip install timm\)"):
+        build_frozen_encoder(timm_config("test_vit", timm_weights["test_vit"]))

@@ -140,7 +140,7 @@ def test_cached_tokens_train_the_same_probes_as_encoding_on_the_fly(cached_run, 
     out, cached = cached_run
     fresh = probe(small_config(motion_set, tmp_path / "run", "cache.enabled=false", "tracking.enabled=false"))
     a, b = cached.worker["result"], fresh.worker["result"]
-    assert a["val_clips"] == b["val_clips"] == 20 and a["select_clips"] == 8
+    assert a["val_clips"] == b["val_clips"] == 20 and a["select_clips"] == 10  # one per class of 4 train clips
     assert a["val_correct"] == b["val_correct"] and a["best_head"] == b["best_head"]
     np.testing.assert_allclose(list(cached.worker["losses"].values()), list(fresh.worker["losses"].values()),
                                rtol=1e-4)
