@@ -43,6 +43,8 @@ COMMANDS: dict[str, Command] = {
                        "simulated Franka play episodes (panda-gym) as a robot-episode dataset", config=True),
     "probe": Command("eval.probe", "attentive probes over a frozen encoder (train a grid, or evaluate a probe file)",
                      config=True),
+    "anticipate": Command("eval.anticipation", "EK100-style action anticipation: 3-head probes over a frozen "
+                          "encoder and predictor", config=True),
     "classify": Command("eval.classify", "top-5 labels of a video from an encoder and a probe file"),
     "init-checkpoint": Command("train.init_checkpoint", "a randomly initialised model in Meta's layout"),
     "convert": Command("train.convert", "convert checkpoints between Meta's and Hugging Face's layouts"),

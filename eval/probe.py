@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -173,19 +174,24 @@ def probe_extra(cfg: ProbeConfig, parts: ProbeParts, shape: dict[str, int], metr
                                        "geometry": geometry, "encoder": asdict(cfg.encoder), "metrics": metrics}}
 
 
-def export_probe(checkpoint: str, out: str, cfg: ProbeConfig, parts: ProbeParts, metrics: dict[str, float]) -> str:
-    """The sharded checkpoint's heads as Meta's probe file (``module.`` prefixes, as Meta's DDP-wrapped
-    classifiers are saved)."""
+def export_heads(checkpoint: str, out: str, bank_type: Any, extra: Callable[[dict[str, Any], int], dict[str, Any]],
+                 layout: str) -> str:
+    """A sharded probe checkpoint's heads (a ``bank_type`` of the recorded shape) as a probe file in Meta's
+    layout (``module.`` prefixes, as Meta's DDP-wrapped classifiers are saved) plus ``extra(shape, step)``."""
     from models.sharded import read_model_state
 
     record = read_record(checkpoint)
     shape = record["probe_shape"]
-    bank = ProbeBank(shape["heads"], shape["dim"], shape["num_heads"], shape["classes"], shape["depth"])
+    bank = bank_type(shape["heads"], shape["dim"], shape["num_heads"], shape["classes"], shape["depth"])
     bank.load_state_dict(read_model_state(checkpoint), strict=True)
-    save_probe_checkpoint(out, list(bank.classifiers), probe_extra(cfg, parts, shape, metrics,
-                                                                   record["state"]["step"]))
-    log.info("exported %s -> %s (Meta probe layout, %d heads)", checkpoint, out, shape["heads"])
+    save_probe_checkpoint(out, list(bank.classifiers), extra(shape, record["state"]["step"]))
+    log.info("exported %s -> %s (%s, %d heads)", checkpoint, out, layout, shape["heads"])
     return out
+
+
+def export_probe(checkpoint: str, out: str, cfg: ProbeConfig, parts: ProbeParts, metrics: dict[str, float]) -> str:
+    return export_heads(checkpoint, out, ProbeBank, lambda shape, step: probe_extra(cfg, parts, shape, metrics, step),
+                        "Meta probe layout")
 
 
 def result_of(cfg: ProbeConfig, parts: ProbeParts, metrics: dict[str, float], matrix: np.ndarray,
@@ -223,6 +229,36 @@ def prepare(cfg: ProbeConfig) -> tuple[ProbeConfig, ProbeParts]:
     return with_cache(cfg, parts)
 
 
+def open_run(cfg: Any, stage: str, kind: str, params_file: str, resumed: dict[str, Any]) -> str:
+    """The MLflow run of a probe-like stage (a resumed run's own, else a new one with both manifests as
+    its inputs), and the resolved config written beside the checkpoints; returns the run id."""
+    run_id = resumed.get("mlflow_run_id", "")
+    opened = attach_run(cfg.tracking, run_id, system_metrics=False) if run_id else start_run(
+        cfg.tracking, cfg, {"vjepa2.stage": stage, "vjepa2.output_dir": cfg.run.output_dir},
+        run_name=cfg.tracking.run_name or cfg.run.name, system_metrics=False)
+    with opened as run:
+        run_id = run.run_id or ""
+        if not resumed:
+            for split, manifest in (("training", cfg.data.train), ("validation", cfg.data.val)):
+                run.log_input_manifest(manifest, split, split, {"kind": kind})
+    storage.write_bytes(storage.join(cfg.run.output_dir, params_file), config_yaml(cfg).encode())
+    return run_id
+
+
+def fit_probes(cfg: Any, recipe: ProbeRecipe, run_uri: str, run_id: str,
+               global_batch: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run a probe recipe on Ray Train; (rank 0's summary, the last validation's metrics)."""
+    from pipelines.dataset import train_data_config
+
+    job = TrainJob(recipe, run_uri, run_id, provenance(cfg))
+    worker = build_trainer(job, cfg.run.output_dir, global_batch, train_data_config(cfg.data)).fit()
+    summary = worker.return_value or {}
+    validations = summary.get("validations") or {}
+    if not validations:
+        raise UserError(f"{cfg.run.name}: the run ended without an evaluation")
+    return summary, validations[max(validations)]
+
+
 def probe(cfg: ProbeConfig) -> TrainResult:
     """Train (or resume) the probe grid and export the newest checkpoint as a probe file; the result's
     ``worker`` holds rank 0's summary and ``result`` the final evaluation."""
@@ -231,17 +267,7 @@ def probe(cfg: ProbeConfig) -> TrainResult:
     cfg, parts = prepare(cfg)
     run_uri = storage.join(cfg.run.output_dir, CHECKPOINTS)
     plan = plan_batch(cfg.optim, cfg.trainer)
-    record = provenance(cfg)
-    run_id = resumed.get("mlflow_run_id", "")
-    opened = attach_run(cfg.tracking, run_id, system_metrics=False) if run_id else start_run(
-        cfg.tracking, cfg, {"vjepa2.stage": "probe", "vjepa2.output_dir": cfg.run.output_dir},
-        run_name=cfg.tracking.run_name or cfg.run.name, system_metrics=False)
-    with opened as run:
-        run_id = run.run_id or ""
-        if not resumed:
-            for split, manifest in (("training", cfg.data.train), ("validation", cfg.data.val)):
-                run.log_input_manifest(manifest, split, split, {"kind": "labelled"})
-    storage.write_bytes(storage.join(cfg.run.output_dir, PARAMS_FILE), config_yaml(cfg).encode())
+    run_id = open_run(cfg, "probe", "labelled", PARAMS_FILE, resumed)
     recipe = ProbeRecipe(cfg, parts)
     log.info("probing %s: %d heads over %s encoder tokens%s; fit %d / select %d / val %d clips of %d classes; "
              "%d workers x %d clips x %d accumulation = global batch %d, steps to %d, output %s", cfg.run.name,
@@ -249,15 +275,7 @@ def probe(cfg: ProbeConfig) -> TrainResult:
              f" (cached in {cfg.data.cache_dir})" if parts.cached else "", len(parts.fit), len(parts.select),
              len(parts.val), len(parts.class_names), max(1, cfg.trainer.num_workers),
              plan.batch_per_worker, plan.grad_accum, plan.global_batch, recipe.stop_step(), cfg.run.output_dir)
-    job = TrainJob(recipe, run_uri, run_id, record)
-    from pipelines.dataset import train_data_config
-
-    worker = build_trainer(job, cfg.run.output_dir, plan.global_batch, train_data_config(cfg.data)).fit()
-    summary = worker.return_value or {}
-    validations = summary.get("validations") or {}
-    if not validations:
-        raise UserError(f"{cfg.run.name}: the run ended without an evaluation")
-    metrics = validations[max(validations)]
+    summary, metrics = fit_probes(cfg, recipe, run_uri, run_id, plan.global_batch)
     checkpoint, export_path, latest = export_newest(
         cfg, run_uri, lambda local, out: export_probe(local, out, cfg, parts, metrics))
     result = result_of(cfg, parts, metrics, np.asarray(summary["confusion"]), summary["val_correct"])

@@ -134,6 +134,21 @@ class ProbeRecipe(ConfigRecipe):
             return to_float(batch["tokens"], self.cfg.cache.dtype).to(self.device)
         return sample_tokens(self.encoder, batch["clip"].to(self.device), views)
 
+    LOSS_NOTE = "min head"  # how the step line names the per-head loss it shows
+
+    def train_tokens(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[B, N, D]``: a training batch's tokens (one view)."""
+        return self.tokens(batch, 1)[:, 0]
+
+    def head_losses(self, tokens: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(the objective per head ``[heads]``, the loss per head and clip for the log): cross-entropy,
+        averaged over the clips."""
+        labels = batch["label"].to(self.device)
+        logits = self.ddp(tokens)  # [heads, B, classes]
+        losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.repeat(logits.size(0)),
+                                 reduction="none").view(logits.size(0), -1).mean(dim=1)
+        return losses, losses
+
     def step(self, step: int, micro_batches: Iterator[dict[str, Any]]) -> StepResult:
         lrs = set_head_lrs(self.optimizer, self.schedules, step)
         accum = self.plan.grad_accum
@@ -141,15 +156,12 @@ class ProbeRecipe(ConfigRecipe):
         clips = tokens_seen = 0
         for micro in range(accum):
             batch = next(micro_batches)
-            tokens = self.tokens(batch, 1)[:, 0]
-            labels = batch["label"].to(self.device)
+            tokens = self.train_tokens(batch)
             sync = contextlib.nullcontext() if micro == accum - 1 or self.ddp is self.model else self.ddp.no_sync()
             with sync, autocast(self.dtype, self.device):
-                logits = self.ddp(tokens)  # [heads, B, classes]
-                losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.repeat(logits.size(0)),
-                                         reduction="none").view(logits.size(0), -1).mean(dim=1)
-                (losses.sum() / accum).backward()
-            per_head += losses.detach().double().cpu()
+                objective, per_clip = self.head_losses(tokens, batch)
+                (objective.sum() / accum).backward()
+            per_head += per_clip.detach().double().cpu()
             clips += tokens.size(0)
             tokens_seen += tokens.size(0) * tokens.size(1)
         self.optimizer.step()
@@ -159,7 +171,7 @@ class ProbeRecipe(ConfigRecipe):
         best = int(per_head.argmin())
         metrics = {"loss/min_head": float(per_head[best]), "lr/max": max(lrs)}
         return StepResult(float(per_head.mean()), clips, tokens_seen, metrics,
-                          f"min head {float(per_head[best]):.4f} (head {best}) lr {max(lrs):.3g}")
+                          f"{self.LOSS_NOTE} {float(per_head[best]):.4f} (head {best}) lr {max(lrs):.3g}")
 
     @torch.no_grad()
     def predictions(self, batches: Iterator[dict[str, Any]]) -> Predictions:

@@ -8,6 +8,8 @@
 - ``howto100m``: ``HowTo100M_v1.csv`` (``video_id,...,task_id``); videos ``<root>/<video_id>.<ext>``
 - ``epickitchens``: ``EPIC_100_train/validation.csv``; one row per narrated segment with its
   ``start_s``/``end_s`` scene bounds; videos ``<root>/<participant>/videos/<video_id>.MP4``
+- ``ek100-anticipation``: the same CSVs for action anticipation: ``verb`` and ``noun`` columns beside the
+  action's ``start_s``/``end_s`` (docs/anticipation.md)
 - ``imagenet``: class folders ``<root>/<wnid>/*.JPEG``, label = index of the sorted class folder
 - ``diving48``: ``Diving48_V2_train/test.json`` (``vid_name``, ``label``) + ``Diving48_vocab.json`` (the
   class of each label: takeoff, somersault, twist, flight); videos ``<root>/<vid_name>.mp4``
@@ -19,7 +21,7 @@
   ``<root>/<video id>.<ext>``
 
 ``--labels-out FILE`` also writes the label map, the class names by label index as a JSON list, for
-every dataset whose index files name the classes (not howto100m, epickitchens).
+every dataset whose index files name the classes (not howto100m, epickitchens, ek100-anticipation).
 
 Index files and media roots may be local or ``s3://``. ``--probe`` opens every file to fill
 ``duration_s``/``fps``/``num_frames``/``bytes`` (otherwise they stay null, which the pipeline accepts);
@@ -158,6 +160,21 @@ def epickitchens(index: str, root: str, label: str = "verb") -> pa.Table:
     return _table(uris, labels, start_s=pa.array(starts, pa.float64()), end_s=pa.array(ends, pa.float64()))
 
 
+def ek100_anticipation(index: str, root: str) -> pa.Table:
+    """EPIC-KITCHENS-100 for action anticipation (pipelines/anticipation.py): the :func:`epickitchens` rows
+    (label = verb) with ``verb`` and ``noun``, the CSV's class ids, and the action bounds as ``start_s`` and
+    ``end_s``; the anticipation stage numbers the actions from the training manifest's pairs."""
+    rows = _csv_rows(index, ("noun_class",))
+    nouns = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            nouns.append(int(row["noun_class"]))
+        except ValueError as exc:
+            raise ManifestError(f"{index}: line {number}: noun_class {row['noun_class']!r} is not an integer") from exc
+    table = epickitchens(index, root, "verb")
+    return table.append_column("verb", table.column("label")).append_column("noun", pa.array(nouns, pa.int64()))
+
+
 def imagenet(root: str) -> pa.Table:
     """ImageNet-style class folders; the label is the index of the sorted folder name."""
     fs, base = storage.filesystem_for(root)
@@ -272,6 +289,7 @@ BUILDERS: dict[str, Callable[[argparse.Namespace], pa.Table]] = {
     "kinetics": lambda a: kinetics(a.index, a.root, a.layout, _class_list(a.classes)),
     "howto100m": lambda a: howto100m(a.index, a.root, a.ext),
     "epickitchens": lambda a: epickitchens(a.index, a.root, a.label),
+    "ek100-anticipation": lambda a: ek100_anticipation(a.index, a.root),
     "imagenet": lambda a: imagenet(a.root),
     "diving48": lambda a: diving48(a.index, a.root, a.labels),
     "jester": lambda a: jester(a.index, a.labels, a.root, a.ext),

@@ -264,16 +264,18 @@ def add_parts(out: Path, seed: int, world: dict, robot: bool, probes: bool) -> d
 
 
 def add_probe_part(out: Path, seed: int, world: dict) -> dict:
-    """The labelled probe sets (``<out>/probes``, :mod:`pipelines.sample_world.probe_sets`), built unless
+    """The labelled probe sets (``<out>/probes``, :mod:`pipelines.sample_world.probe_sets` and
+    :mod:`pipelines.sample_world.anticipation_set`), built unless
     ``world.json`` records them for this seed with their manifests present."""
     recorded = world.get("probes") or {}
-    if recorded.get("seed") == seed and all((Path(v["dir"]) / "val.parquet").is_file()
-                                            for v in recorded.get("sets", {}).values()):
+    if recorded.get("seed") == seed and "anticipation" in recorded.get("sets", {}) and all(
+            (Path(v["dir"]) / "val.parquet").is_file() for v in recorded["sets"].values()):
         return world
+    from pipelines.sample_world.anticipation_set import build_anticipation_set
     from pipelines.sample_world.probe_sets import build_probe_sets
 
     started = time.perf_counter()
-    sets = build_probe_sets(out, seed)
+    sets = {**build_probe_sets(out, seed), "anticipation": build_anticipation_set(out, seed)}
     world = {**world, "probes": {"seed": seed, "sets": sets}}
     (out / WORLD_JSON).write_text(json.dumps(world, indent=1, sort_keys=True) + "\n")
     log.info("%-22s %3d clips %.1f s", PROBES_DIR, sum(v["train"] + v["val"] for v in sets.values()),
@@ -320,7 +322,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="rebuild even when an identical world (same plan, seed, library versions) is there")
     parser.add_argument("--probes", action="store_true",
-                        help="add the labelled probe sets (probes/: motion, appearance; 1,800 clips, ~1 min)")
+                        help="add the labelled probe sets (probes/: motion, appearance, anticipation; 1,992 clips, "
+                             "~1 min)")
     parser.add_argument("--no-robot", action="store_true",
                         help="leave out the robot part (robot/: simulated Franka episodes, ~40 s on 2 cores)")
 

@@ -116,14 +116,20 @@ def clip_frames(plan: ClipPlan) -> np.ndarray:
     side = int(SIZE * rng.uniform(0.32, 0.42))
     cut, mask = sprite(photo(plan.obj, "all"), rng, side)
     backdrop = next(pan_frames(tinted(photo(plan.background, "all"), rng), size, 1, NATIVE, rng, (0.5, 0.8)))
-    path = motion_path(plan.motion, FRAMES, rng)
+    return paste_path(backdrop, cut, mask, side, motion_path(plan.motion, FRAMES, rng))
+
+
+def paste_path(backdrop: np.ndarray, cut: Image.Image, mask: Image.Image, side: int, path: np.ndarray) -> np.ndarray:
+    """Frames of the cut-out (alpha ``mask``, ``side`` px at scale 1) over ``backdrop`` along ``path`` (per
+    frame ``(x, y, scale, angle)`` as :func:`motion_path` gives; the anticipation set shares it)."""
+    height, width_px = backdrop.shape[:2]
     frames = []
     for x, y, scale, angle in path:
         canvas = Image.fromarray(backdrop)
         width = max(4, round(side * scale))
         obj = cut.rotate(angle, Image.Resampling.BILINEAR).resize((width, width))
         alpha = mask.rotate(angle, Image.Resampling.BILINEAR).resize((width, width))
-        canvas.paste(obj, (round(x * SIZE - width / 2), round(y * SIZE - width / 2)), alpha)
+        canvas.paste(obj, (round(x * width_px - width / 2), round(y * height - width / 2)), alpha)
         frames.append(np.asarray(canvas))
     return np.stack(frames)
 
