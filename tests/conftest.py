@@ -69,6 +69,16 @@ def sample_world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def motion_set(tmp_path_factory) -> Path:
+    """A small motion probe set: 4 training and 2 validation clips per class (40 / 20), once per session."""
+    from pipelines.sample_world.probe_sets import build_probe_sets
+
+    world = tmp_path_factory.mktemp("probe_stage_world")
+    build_probe_sets(world, seed=0, per_class={"train": 4, "val": 2})
+    return world / "probes" / "motion"
+
+
+@pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real ``mlflow server`` on 127.0.0.1 (SQLite store), shared by the session; yields its URL."""
     from servers import start_mlflow_server, stop

@@ -63,7 +63,8 @@ def _jobs(cluster) -> dict[str, tuple[str, str]]:
     found = {}
     for job in json.loads(done.stdout.strip().splitlines()[-1]):
         entry = job["entrypoint"]
-        module = next((m for m in ("curation.curate", "train.pretrain", "train.posttrain") if m in entry), entry)
+        module = next((m for m in ("curation.curate", "train.pretrain", "train.posttrain", "eval.probe") if m in entry),
+                      entry)
         found[f"{module} dry-run" if "--dry-run" in entry else module] = (job["status"], job["log"])
     return found
 
@@ -142,3 +143,28 @@ def test_a_job_without_the_data_root_says_why_its_manifest_is_missing(quickstart
     assert "manifest not found" in error and "without data/" in error and "VJEPA2_RAY_DATA_ROOT" in error
     assert "will be LOST" in log  # its runs root would be inside the upload: said loudly
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+def test_probe_job_probes_the_pretrained_export(quickstart_run, ray_head, motion_set):
+    """``vjepa2-ray probe`` as a job on the same cluster, over the quickstart's pretrained encoder (the
+    session's small motion set; the README's probe line runs the full one)."""
+    copy, _, _, _ = quickstart_run
+    runs = copy / "runs"
+    env = json.dumps({"env_vars": {"VJEPA2_RAY_DATA_ROOT": str(copy), "VJEPA2_RAY_RUNS": str(runs)}})
+    command = ["ray", "job", "submit", "--working-dir", ".", "--runtime-env-json", env, "--", "python", "-m",
+               "eval.probe", "--config", "eval/tiny-motion", "encoder.kind=vjepa2",
+               "encoder.checkpoint=runs/pretrain-tiny/latest.pt", f"data.train={motion_set / 'train.parquet'}",
+               f"data.val={motion_set / 'val.parquet'}", "optim.epochs=2", "data.crop_size=64"]
+    done = subprocess.run(command, cwd=copy, env=ray_head.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    status, log = _jobs(ray_head)["eval.probe"]
+    assert status.endswith("SUCCEEDED"), log[-4000:]
+    probe_file = Path(log.strip().splitlines()[-1])  # the contract: the probe file's path is printed last
+    assert probe_file.parent == runs / "probe-tiny-motion" and probe_file.exists()
+    result = json.loads((probe_file.parent / "result.json").read_text())
+    assert result["val_clips"] == 20 and 0 <= result["val_top1"] <= 1
+    assert str(runs / "pretrain-tiny" / "latest.pt") in (probe_file.parent / "params-probe.yaml").read_text()
+    (run,) = find_runs(local_store_uri(runs), "vjepa2-probe")
+    assert run.data.tags["vjepa2.probe"] == str(probe_file)
+    assert "Traceback" not in log and "\x1b" not in log

@@ -155,7 +155,8 @@ def test_warmup_cosine_is_metas_probe_schedule() -> None:
 
 def test_one_optimizer_group_per_head_at_its_grid_pair() -> None:
     torch.manual_seed(0)
-    grid = ProbeGrid(lrs=[0.0, 1e-2], wds=[0.1, 0.8])
+    assert ProbeGrid(lrs=[0.0, 1e-2], wds=[0.1, 0.8]).pairs() == [(0.0, 0.1), (1e-2, 0.1), (0.0, 0.8), (1e-2, 0.8)]
+    grid = ProbeGrid(lrs=[0.0, 1e-2], wds=[0.1, 0.8], order="lr_major")  # Meta's IN1K numbering
     bank = ProbeBank(count=4, embed_dim=16, num_heads=2, num_classes=3, depth=1)
     optimizer = probe_optimizer(bank, grid)
     assert [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups] == grid.pairs() == [

@@ -31,7 +31,7 @@ from pipelines.labelled import (
     split_select,
     view_boxes,
 )
-from pipelines.sample_world.probe_sets import MIDDLE, build_probe_sets
+from pipelines.sample_world.probe_sets import MIDDLE
 
 
 def rows(labels: list[int], part: int = FIT) -> LabelledRows:
@@ -111,14 +111,6 @@ def test_meta_probe_files_round_trip_and_their_shape_is_read_off_the_tensors(tmp
 
 
 # ---- the stage end to end -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def motion_set(tmp_path_factory) -> Path:
-    """A small motion set: 4 training and 2 validation clips per class (40 / 20)."""
-    world = tmp_path_factory.mktemp("probe_stage_world")
-    build_probe_sets(world, seed=0, per_class={"train": 4, "val": 2})
-    return world / "probes" / "motion"
 
 
 def small_config(motion: Path, out: Path, *overrides: str) -> ProbeConfig:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import product
+from typing import Literal
 
 import torch
 
@@ -28,10 +29,16 @@ class ProbeGrid:
     warmup_steps: int = 0
     start_lr: float = 0.0  # where a warmup starts (Meta's probes: no warmup)
     final_lr: float = 0.0
+    # Which way the heads are numbered, as Meta's configs list them (head i of a Meta probe file is pair i):
+    # wd-major (every lr at the first wd, then the next wd) in SSv2 / K400 / COIN / Diving48 / Jester / EK100
+    # (configs/eval/vitl/*.yaml at c2963a4), lr-major in IN1K.
+    order: Literal["wd_major", "lr_major"] = "wd_major"
 
     def pairs(self) -> list[tuple[float, float]]:
-        """Lr-major, as Meta lists its heads."""
-        return list(product(self.lrs, self.wds))
+        """The (lr, wd) of head 0, 1, ... in the grid's ``order``."""
+        if self.order == "lr_major":
+            return list(product(self.lrs, self.wds))
+        return [(lr, wd) for wd, lr in product(self.wds, self.lrs)]
 
 
 def probe_optimizer(bank: ProbeBank, grid: ProbeGrid) -> torch.optim.AdamW:
