@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from ray_cluster import REPO, quickstart
 
 from core.tracking import find_runs, local_store_uri
@@ -67,6 +68,17 @@ def _jobs(cluster) -> dict[str, tuple[str, str]]:
                       entry)
         found[f"{module} dry-run" if "--dry-run" in entry else module] = (job["status"], job["log"])
     return found
+
+
+def artifact_names(runs: Path, run_id: str) -> set[str]:
+    """The file names of every artifact of an MLflow run, in any folder."""
+    from mlflow.tracking import MlflowClient
+
+    client, names, folders = MlflowClient(local_store_uri(runs)), set(), [None]
+    while folders:
+        for item in client.list_artifacts(run_id, folders.pop()):
+            (folders.append(item.path) if item.is_dir else names.add(Path(item.path).name))
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -167,4 +179,7 @@ def test_probe_job_probes_the_pretrained_export(quickstart_run, ray_head, motion
     assert str(runs / "pretrain-tiny" / "latest.pt") in (probe_file.parent / "params-probe.yaml").read_text()
     (run,) = find_runs(local_store_uri(runs), "vjepa2-probe")
     assert run.data.tags["vjepa2.probe"] == str(probe_file)
+    heads = len(torch.load(probe_file, weights_only=True)["classifiers"])
+    assert all(any(k.endswith(f"head_{h:02d}/val_top1") for k in run.data.metrics) for h in range(heads))
+    assert {"result.json", "per_class.csv", "heads.png", "confusion.png"} <= artifact_names(runs, run.info.run_id)
     assert "Traceback" not in log and "\x1b" not in log
