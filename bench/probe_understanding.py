@@ -41,6 +41,7 @@ from train.pretrain import pretrain
 RESULTS = Path(__file__).resolve().parent / "results"
 FLOOR_POINTS = 0.10
 FLOOR_P = 0.01
+EMA = 0.998  # the target encoder's momentum (constant): Meta's 0.99925 suits 100k+ steps, not 1,200
 PROBE_SOURCE_WEIGHT = 0.25  # each probe set's training clips in the pretraining mix (the sample world's sum to 1)
 
 
@@ -51,7 +52,7 @@ def pretrain_encoder(world: Path, out: Path, steps: int) -> tuple[str, dict[str,
     if export.exists():
         return str(export), {**facts, "reused": True}
     overrides = [f"run.output_dir={out / 'pretrain'}", f"optim.total_steps={steps}", "optim.warmup_steps=100",
-                 "optim.start_lr=1.0e-4", "optim.lr=1.0e-3", "optim.final_lr=1.0e-3", "optim.ema=0.998",
+                 "optim.start_lr=1.0e-4", "optim.lr=1.0e-3", "optim.final_lr=1.0e-3", f"optim.ema={EMA}",
                  f"trainer.checkpoint_every={max(steps // 4, 1)}", "trainer.log_every=50", "tracking.enabled=false"]
     for name in ("motion", "appearance"):
         manifest = world / "probes" / name / "train.parquet"
