@@ -81,7 +81,7 @@ def probe_run(name: str, probe_set: str, world: Path, out: Path, encoder: list[s
     began = time.perf_counter()
     result = probe(cfg).worker["result"]
     return {"name": name, "set": probe_set, "overrides": encoder + (data or []),
-            "frames_per_clip": int(next((o.split("=")[1] for o in data or [] if "frames_per_clip" in o), 8)),
+            "frames_per_clip": cfg.data.frames_per_clip, "frame_step": cfg.data.frame_step,
             "seconds": round(time.perf_counter() - began, 1),
             **{k: result[k] for k in ("val_top1", "val_top5", "select_top1", "val_top1_max", "best_head", "lr_wd",
                                       "val_clips", "val_missing", "val_correct")}}

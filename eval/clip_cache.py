@@ -30,13 +30,20 @@ import numpy as np
 
 from core import storage
 from core.errors import UserError
-from pipelines.episodes.cache import CacheConfig, digest, npy_bytes, stored_tokens, weights_identity
+from pipelines.episodes.cache import (
+    CACHE_FILE,
+    CacheConfig,
+    digest,
+    npy_bytes,
+    read_cache_meta,
+    stored_tokens,
+    weights_identity,
+)
 from pipelines.labelled import PARTS, REDRAW_STREAM, LabelledDataConfig, LabelledRows, eval_sample
 from pipelines.quarantine import Quarantine, RejectRecord, SampleError
 
 log = logging.getLogger(__name__)
 
-CACHE_FILE = "cache.json"
 TOKENS_DIR = "tokens"
 
 
@@ -73,10 +80,7 @@ class ClipCache:
 
     @classmethod
     def open(cls, root: str) -> ClipCache:
-        uri = storage.join(root, CACHE_FILE)
-        if not storage.exists(uri):
-            raise UserError(f"{root}: no {CACHE_FILE}: not a clip feature cache, or its pre-pass has not finished")
-        return cls(root, json.loads(storage.read_bytes(uri)))
+        return cls(root, read_cache_meta(root, "clip feature cache"))
 
     def has(self, part: str, position: int) -> bool:
         return position in self.positions.get(part, ())

@@ -122,6 +122,14 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def read_cache_meta(root: str, what: str) -> dict[str, Any]:
+    """A finished cache's ``cache.json`` (written last by its pre-pass), or a clear error naming ``root``."""
+    uri = storage.join(root, CACHE_FILE)
+    if not storage.exists(uri):
+        raise UserError(f"{root}: no {CACHE_FILE}: not a {what}, or its pre-pass has not finished")
+    return json.loads(storage.read_bytes(uri))
+
+
 class FeatureCache:
     """A complete cache, opened for reading (``read`` the tokens of some steps of an episode)."""
 
@@ -134,10 +142,7 @@ class FeatureCache:
 
     @classmethod
     def open(cls, root: str) -> FeatureCache:
-        uri = storage.join(root, CACHE_FILE)
-        if not storage.exists(uri):
-            raise UserError(f"{root}: no {CACHE_FILE}: not a feature cache, or its pre-pass has not finished")
-        return cls(root, json.loads(storage.read_bytes(uri)))
+        return cls(root, read_cache_meta(root, "feature cache"))
 
     def shard_uri(self, episode_id: str) -> str:
         return storage.join(self.root, FRAMES_DIR, f"{episode_id}.npy")
