@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -35,7 +34,7 @@ from core.tracking import resolve_uri, runs_root
 from eval.anticipation_config import AnticipationConfig
 from eval.anticipation_recipe import AnticipationParts, AnticipationRecipe
 from eval.labels import load_label_map
-from eval.probe import cpus_needed, export_heads, fit_probes, open_run, starting_point
+from eval.probe import cpus_needed, export_heads, fit_probes, open_run, starting_point, with_epoch_schedule
 from models.anticipation import TASKS, AnticipationBank
 from pipelines.anticipation import Vocabulary, read_annotations, read_part
 from pipelines.labelled import FIT, VAL, split_select
@@ -90,10 +89,7 @@ def resolve(cfg: AnticipationConfig) -> AnticipationConfig:
                                    tracking_uri=resolve_uri(cfg.tracking) if cfg.tracking.enabled else ""))
     if not train or not storage.exists(train) or not val:
         return cfg  # check() names what is missing
-    fit = len(build_parts(cfg).fit)
-    steps_per_epoch = max(1, math.ceil(max(fit, 1) / plan_batch(cfg.optim, cfg.trainer).global_batch))
-    optim = replace(cfg.optim, total_steps=cfg.optim.total_steps or cfg.optim.epochs * steps_per_epoch)
-    return replace(cfg, optim=optim, trainer=replace(cfg.trainer, eval_every=cfg.trainer.eval_every or steps_per_epoch))
+    return with_epoch_schedule(cfg, len(build_parts(cfg).fit))
 
 
 def check_ranges(cfg: AnticipationConfig) -> None:

@@ -18,20 +18,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 from eval.anticipation_config import AnticipationConfig
 from eval.anticipation_metrics import AnticipationPredictions, in_top_k, per_class_recall, score
 from eval.clip_cache import sample_tokens
-from eval.probe_recipe import ProbeRecipe, probe_shape
+from eval.probe_recipe import ProbeRecipe, from_every_rank, probe_shape
 from models.anticipation import TASKS, AnticipationBank, anticipate
 from models.frozen import build_frozen_encoder
 from pipelines.anticipation import AnticipationRows, Vocabulary, anticipation_dataset
 from pipelines.labelled import VAL, epoch_requests
 from train.fsdp import autocast
-from train.probe_optim import head_schedules, probe_optimizer
 
 LABEL_COLUMN = {"verb": "verb", "noun": "noun", "action": "label"}  # a batch's column of each task's class
 
@@ -103,17 +101,8 @@ class AnticipationRecipe(ProbeRecipe):
         self.predictor = build_frozen_predictor(cfg, self.device) if cfg.predictor.enabled else None
         classes = self.parts.vocab.sizes
         self.shape = {**probe_shape(cfg, self.encoder.embed_dim, 0), "classes": classes}  # type: ignore[arg-type]
-        bank = AnticipationBank(self.shape["heads"], self.encoder.embed_dim, cfg.probe.num_heads, classes,
-                                cfg.probe.depth)
-        if cfg.probe.checkpoint:
-            from models.checkpoint import load_probe_checkpoint
-
-            load_probe_checkpoint(cfg.probe.checkpoint, list(bank.classifiers))
-        self.model = bank.to(self.device)
-        distributed = dist.is_available() and dist.is_initialized() and world_size > 1
-        self.ddp = torch.nn.parallel.DistributedDataParallel(bank) if distributed else bank
-        self.optimizer = probe_optimizer(bank, cfg.probe.grid)  # type: ignore[arg-type]
-        self.schedules = head_schedules(cfg.probe.grid, self.total_steps)
+        self.train_bank(AnticipationBank(self.shape["heads"], self.encoder.embed_dim, cfg.probe.num_heads, classes,
+                                         cfg.probe.depth), world_size)
 
     def tokens(self, batch: dict[str, Tensor], views: int = 1) -> Tensor:
         """``[B, N (+ future), D]``: the context clip's tokens, then the predicted tubelet ``tau`` ahead."""
@@ -160,11 +149,7 @@ class AnticipationRecipe(ProbeRecipe):
         ints = np.zeros(0, np.int64)
         mine = AnticipationPredictions.concat(parts) if parts else AnticipationPredictions(
             ints, ints, np.zeros((0, 3), np.int64), np.zeros((0, heads, 3), bool), np.zeros((0, heads)))
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, mine)
-            return AnticipationPredictions.concat(gathered)
-        return mine
+        return from_every_rank(mine, AnticipationPredictions.concat)
 
     def validate(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
         pred = self.predictions(batches)

@@ -80,7 +80,13 @@ def resolve(cfg: ProbeConfig) -> ProbeConfig:
     if cfg.eval_only or not train or not storage.exists(train):
         return cfg  # nothing to train (or check() names the missing manifest)
     fit, _ = split_select(read_rows(train, FIT), cfg.data.select_fraction, cfg.data.seed)
-    steps_per_epoch = max(1, math.ceil(max(len(fit), 1) / plan_batch(cfg.optim, cfg.trainer).global_batch))
+    return with_epoch_schedule(cfg, len(fit))
+
+
+def with_epoch_schedule(cfg: Any, fit_rows: int) -> Any:
+    """A probe-like config with ``optim.total_steps`` (when unset) ``epochs`` passes over ``fit_rows`` rows
+    and ``trainer.eval_every`` (when unset) once per epoch."""
+    steps_per_epoch = max(1, math.ceil(max(fit_rows, 1) / plan_batch(cfg.optim, cfg.trainer).global_batch))
     optim = replace(cfg.optim, total_steps=cfg.optim.total_steps or cfg.optim.epochs * steps_per_epoch)
     trainer = replace(cfg.trainer, eval_every=cfg.trainer.eval_every or steps_per_epoch)
     return replace(cfg, optim=optim, trainer=trainer)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,15 @@ def probe_shape(cfg: ProbeConfig, dim: int, classes: int) -> dict[str, int]:
     """What a probe checkpoint must match to be resumed or loaded."""
     return {"heads": len(cfg.probe.grid.pairs()), "depth": cfg.probe.depth, "num_heads": cfg.probe.num_heads,
             "dim": dim, "classes": classes}
+
+
+def from_every_rank(mine: Any, concat: Callable[[list[Any]], Any]) -> Any:
+    """Every rank's predictions (``concat`` of the gathered objects) under DDP; ``mine`` alone otherwise."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        return concat(gathered)
+    return mine
 
 
 class ProbeRecipe(ConfigRecipe):
@@ -113,14 +122,20 @@ class ProbeRecipe(ConfigRecipe):
         self.encoder = build_frozen_encoder(cfg.encoder, self.device) if uncached else None
         dim = self.encoder.embed_dim if self.encoder is not None else self.parts.token_dim
         self.shape = probe_shape(cfg, dim, self.num_classes)
-        bank = ProbeBank(self.shape["heads"], dim, cfg.probe.num_heads, self.num_classes, cfg.probe.depth)
-        if cfg.probe.checkpoint:
-            load_probe_checkpoint(cfg.probe.checkpoint, list(bank.classifiers))
+        self.train_bank(ProbeBank(self.shape["heads"], dim, cfg.probe.num_heads, self.num_classes, cfg.probe.depth),
+                        world_size)
+
+    def train_bank(self, bank: Any, world_size: int) -> None:
+        """The heads to train: started from ``probe.checkpoint`` if given, on the device, under DDP across
+        ranks, with one optimizer group and LR schedule per head."""
+        grid = self.cfg.probe.grid
+        if self.cfg.probe.checkpoint:
+            load_probe_checkpoint(self.cfg.probe.checkpoint, list(bank.classifiers))
         self.model = bank.to(self.device)
         distributed = dist.is_available() and dist.is_initialized() and world_size > 1
         self.ddp = torch.nn.parallel.DistributedDataParallel(bank) if distributed else bank
-        self.optimizer = probe_optimizer(bank, cfg.probe.grid)
-        self.schedules = head_schedules(cfg.probe.grid, self.total_steps)
+        self.optimizer = probe_optimizer(bank, grid)
+        self.schedules = head_schedules(grid, self.total_steps)
 
     def check_compatible(self, record: dict[str, Any], where: str) -> None:
         saved = record.get("probe_shape")
@@ -193,12 +208,7 @@ class ProbeRecipe(ConfigRecipe):
         ints = np.zeros(0, np.int64)
         empty = Predictions(ints, ints, ints, np.zeros((0, heads), np.int64), np.zeros((0, heads), bool),
                             np.zeros((0, heads)))
-        mine = Predictions.concat(parts) if parts else empty
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, mine)
-            return Predictions.concat(gathered)
-        return mine
+        return from_every_rank(Predictions.concat(parts) if parts else empty, Predictions.concat)
 
     def validate(self, batches: Iterator[dict[str, Any]]) -> dict[str, float]:
         pred = self.predictions(batches)
